@@ -1,0 +1,111 @@
+"""Pre-activation ResNets for 32x32 inputs, as the authors trained on CIFAR.
+
+SPEC section 5: stem conv3x3 + BN + ReLU (no max-pool), four stages of
+pre-activation blocks, no final BN/ReLU, global average pool and one linear
+classifier; the multi-exit variant adds a linear exit on the outputs of
+stages 2 and 3. PyTorch's default initialisers, which the authors' CIFAR
+models used. The module defines architecture only; losses read its
+`ModelOutput`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from zipfls_jax.models import initializers, layers
+from zipfls_jax.models.heads import VotingHead
+from zipfls_jax.models.outputs import ModelOutput, join_exits
+
+
+class PreActBlock(nn.Module):
+  """o = ReLU(BN(x)); out = conv3x3(ReLU(BN(conv3x3(o)))) + shortcut.
+
+  The shortcut is x, or a strided 1x1 convolution of o when the shape changes.
+  """
+  features: int
+  strides: int
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+  zero_init_residual: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    o = nn.relu(self.norm(name="bn1")(x))
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = self.conv(self.features, 1, strides=self.strides, name="shortcut")(o)
+    else:
+      shortcut = x
+    y = self.conv(self.features, 3, strides=self.strides, name="conv1")(o)
+    # Zero scale on the branch's last BN makes the whole branch start at 0.
+    scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    y = nn.relu(self.norm(name="bn2", scale_init=scale_init)(y))
+    y = self.conv(self.features, 3, name="conv2")(y)
+    return y + shortcut
+
+
+class CifarResNet(nn.Module):
+  """Pre-activation ResNet for small images (SPEC 5, "CIFAR_ResNet18").
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    num_classes: C.
+    widths: channels per stage; stages after the first halve the resolution.
+    exits: add the intermediate linear heads on the outputs of `exit_stages`.
+    exit_stages: 0-based stages whose output feeds an exit (SPEC: 2nd, 3rd).
+    vote_exits: with `exits`, the exits vote too (after the final head's votes).
+    vote_upsample: None or the bilinear factor for voting (SPEC 1.1).
+    dtype: computation dtype; parameters stay float32, logits are float32.
+    bn_axis_name: axis to average BN batch statistics over (shard_map / pmap).
+    zero_init_residual: zero the last BN scale of every residual branch.
+  """
+  stage_sizes: Sequence[int]
+  num_classes: int
+  widths: Sequence[int] = (64, 128, 256, 512)
+  exits: bool = False
+  exit_stages: Sequence[int] = (1, 2)
+  vote_exits: bool = False
+  vote_upsample: int | None = None
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_residual: bool = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool, votes: bool = False) -> ModelOutput:
+    layers.check_images(images)
+    conv = functools.partial(layers.conv, dtype=self.dtype, kernel_init=initializers.torch_default_kernel)
+    norm = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name)
+
+    x = conv(self.widths[0], 3, name="conv1")(images)
+    x = nn.relu(norm(name="bn1")(x))
+    exit_maps = []
+    for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(blocks):
+        x = PreActBlock(
+            width, strides=2 if i > 0 and j == 0 else 1, conv=conv, norm=norm,
+            zero_init_residual=self.zero_init_residual,
+            name=f"stage{i + 1}_block{j + 1}")(x)
+      if self.exits and i in self.exit_stages:
+        exit_maps.append(x)
+
+    def head(feature_map, name, vote):
+      return VotingHead(
+          self.num_classes,
+          vote_upsample=self.vote_upsample,
+          kernel_init=initializers.torch_default_kernel,
+          bias_init=initializers.torch_default_bias(feature_map.shape[-1]),
+          name=name)(feature_map, votes=vote)
+
+    final = head(x, "head", votes)
+    exit_outputs = [head(m, f"exit{k + 1}_head", votes and self.vote_exits)
+                    for k, m in enumerate(exit_maps)]
+    return join_exits(final, exit_outputs, vote_exits=self.vote_exits)
+
+
+CifarResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2))
+CifarResNet34 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3))
+# For tests: every code path of CifarResNet18, at a fraction of the cost.
+CifarResNetTiny = functools.partial(CifarResNet, stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64))
