@@ -1,0 +1,67 @@
+"""The training state: everything a step reads and writes, as one pytree.
+
+A `TrainState` is what gets checkpointed, replicated over devices and donated
+to the jitted step. It holds no functions (the model and optimizer are
+passed to the step builder), so the same state works under jit, shard_map
+and pmap, and under `jax.eval_shape` for restoring checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Parameters, BatchNorm statistics, optimizer state, step and RNG key.
+
+  Attributes:
+    step: int32 scalar, the number of optimizer updates done.
+    params: model parameters (float32).
+    batch_stats: BatchNorm running statistics.
+    opt_state: optax state.
+    rng: typed PRNG key; the step's key is `fold_in(rng, step)`, so random
+      target distributions get fresh draws each step and a resumed run
+      draws the same ones.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_train_state(rng: jax.Array,
+                       model: nn.Module,
+                       tx: optax.GradientTransformation,
+                       *,
+                       image_shape: Sequence[int]) -> TrainState:
+  """Initialises a model and optimizer; jittable and `eval_shape`-able.
+
+  Args:
+    rng: typed PRNG key (`jax.random.key`).
+    model: a linen module called as `model(images, train=False)` whose
+      variables hold 'params' and (possibly empty) 'batch_stats'.
+    tx: the optimizer.
+    image_shape: (H, W, C) of one input image.
+
+  Returns:
+    A fresh `TrainState` at step 0.
+  """
+  if len(image_shape) != 3:
+    raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}.")
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      rng=state_rng,
+  )

@@ -1,0 +1,124 @@
+"""Pure train and eval steps, written once for every way of running them.
+
+`make_train_step` and `make_eval_step` return plain functions of
+(state, batch). With `axis_name=None` they are global programs for
+`jax.jit` over a device mesh (XLA partitions the batch; BatchNorm statistics
+are then global, i.e. synchronised). With an `axis_name` they are
+per-device programs for `jax.shard_map` or `jax.pmap`: every mean is taken
+over the global batch and the gradients are averaged across devices.
+Placement and compilation live in `parallel.py`; this module must not
+touch devices, the host or TensorFlow.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training.state import TrainState
+
+Batch = Dict[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """(N,) bool: whether the label is among the k largest logits.
+
+  A label counts as in the top k when fewer than k classes score strictly
+  higher, so ties never penalise the label.
+  """
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  return jnp.sum(logits > label_logit, axis=-1) < k
+
+
+def make_train_step(model: nn.Module,
+                    tx: optax.GradientTransformation,
+                    objective: objective_lib.Objective,
+                    *,
+                    learning_rate_fn: Optional[optax.Schedule] = None,
+                    axis_name=None) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
+  """Builds `train_step(state, batch) -> (state, metrics)`.
+
+  Args:
+    model: linen module applied as `model.apply(variables, images,
+      train=True, votes=..., mutable=['batch_stats'])`, returning a
+      `ModelOutput`. Its `bn_axis_name` decides BatchNorm synchronisation
+      inside shard_map / pmap.
+    tx: optimizer.
+    objective: the loss.
+    learning_rate_fn: schedule, only to log the rate of this step.
+    axis_name: None for a global (jit) program; the device axis name for a
+      per-device (shard_map / pmap) program.
+
+  Returns:
+    The pure step. `batch` holds 'image' (N, H, W, C) float and 'label' (N,)
+    int; metrics are global scalars: loss, ce, zipf, exit_ce, top1, top5
+    (training batch, in [0, 1]) and learning_rate.
+  """
+  def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
+    # A fresh key per step, reproducible on resume; per device, distinct.
+    key = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+      key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    loss_key, dropout_key = jax.random.split(key)
+    labels = batch["label"]
+
+    def loss_fn(params):
+      output, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+          train=True, votes=objective.needs_votes, mutable=["batch_stats"],
+          rngs={"dropout": dropout_key})
+      loss, parts = objective_lib.compute_loss(
+          objective, output, labels, key=loss_key if objective.needs_key else None,
+          axis_name=axis_name)
+      return loss, (parts, updates.get("batch_stats", {}), output.logits)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (parts, batch_stats, logits)), grads = grad_fn(state.params)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      # Per-device statistics are averaged after the step so the state stays
+      # replicated (as flax's examples do); with synchronised BN this is a no-op.
+      batch_stats = jax.lax.pmean(batch_stats, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    metrics = dict(parts)
+    logits = jax.lax.stop_gradient(logits)
+    metrics["top1"] = objective_lib.global_mean(topk_correct(logits, labels, 1), axis_name)
+    metrics["top5"] = objective_lib.global_mean(topk_correct(logits, labels, 5), axis_name)
+    if learning_rate_fn is not None:
+      metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, *, axis_name=None) -> Callable[[TrainState, Batch], Metrics]:
+  """Builds `eval_step(state, batch) -> sums` for exact evaluation.
+
+  `batch` holds 'image', 'label' and 'mask' (False on padding rows). Returns
+  global sums: 'top1' and 'top5' (correct counts) and 'count' (real
+  examples), all float32, to be added over batches and divided at the end.
+  """
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    output = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], train=False)
+    logits, labels = output.logits, batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    sums = {
+        "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
+        "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
+    if axis_name is not None:
+      sums = jax.lax.psum(sums, axis_name)
+    return sums
+
+  return eval_step
