@@ -1,0 +1,329 @@
+"""Per-example losses of Zipf's Label Smoothing and the paper's LS baselines.
+
+SPEC section 2: L = CE(z, y) + lam * KL(q || softmax over the non-target
+logits), q the Zipf soft target. Like optax's losses these return one value
+per example and never reduce; the caller takes the mean (or
+`masked_batch_mean` for the correct-only variant).
+
+The vote path is fused: ranks of the K voted classes come from
+`ranks.vote_statistics` (no sort, no pass over C), every unvoted class
+shares one weight, and the KL is assembled from three reductions over
+N x C (a max, an exp-sum and a plain sum) plus gathers at the K votes, so
+neither the dense targets nor any N x K x C array is ever built.
+
+Must not import flax, optax or TensorFlow: users import this alone.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import xlogy
+
+from zipfls_jax import ranks, targets, validation
+
+
+class ZipfTerms(NamedTuple):
+  """Per-example parts of the Zipf LS objective, each of shape (...).
+
+  Attributes:
+    ce: cross-entropy of the logits against the label.
+    kl: KL(q || softmax over the non-target logits), the Zipf term.
+    correct: argmax(logits) == label, the mask of the correct-only variant.
+  """
+  ce: jax.Array
+  kl: jax.Array
+  correct: jax.Array
+
+
+class _NonTargetSoftmax(NamedTuple):
+  """Shared reductions over the classes other than the label."""
+  is_label: jax.Array     # (..., C) bool
+  centred: jax.Array      # (..., C) z - m, m the non-target max (no gradient)
+  log_sumexp: jax.Array   # (...) log sum_{j != y} exp(z_j - m)
+  ce: jax.Array           # (...) cross-entropy over all C classes
+
+
+def _non_target_softmax(logits: jax.Array, labels: jax.Array) -> _NonTargetSoftmax:
+  """Stable log-sum-exp over the non-target classes, and CE from it.
+
+  The label is excluded before exponentiating, so a dominant target logit
+  (|z| up to 1e4) never cancels the rest away. CE = log(e^{z_y} + sum_rest)
+  - z_y = softplus(lse_rest - z_y).
+  """
+  num_classes = logits.shape[-1]
+  is_label = jnp.arange(num_classes) == labels[..., None]
+  rest = jnp.where(is_label, -jnp.inf, logits)
+  m = jax.lax.stop_gradient(rest.max(-1, keepdims=True))
+  centred = logits - m
+  log_sumexp = jnp.log(jnp.exp(jnp.where(is_label, -jnp.inf, centred)).sum(-1))
+  # An out-of-range label cannot raise under jit: make every term NaN instead.
+  log_sumexp = jnp.where((labels >= 0) & (labels < num_classes), log_sumexp, jnp.nan)
+  label_logit = jnp.take_along_axis(centred, labels[..., None], axis=-1, mode="fill",
+                                    fill_value=jnp.nan)[..., 0]
+  ce = jax.nn.softplus(log_sumexp - label_logit)
+  return _NonTargetSoftmax(is_label, centred, log_sumexp, ce)
+
+
+def _apply_where(values: jax.Array, where: Optional[jax.Array]) -> jax.Array:
+  return values if where is None else jnp.where(where, values, 0.0)
+
+
+def zipf_loss(logits: jax.Array,
+              labels: jax.Array,
+              targets_: jax.Array,
+              *,
+              where: Optional[jax.Array] = None) -> jax.Array:
+  """KL divergence from soft targets to the softmax over the non-target logits.
+
+  loss = sum_{j != y} q_j (log q_j - log_softmax_{j != y}(z)_j), where the
+  softmax runs over the C - 1 classes other than y. The label's entry of
+  `targets_` is ignored and the target logit gets no gradient; `targets_`
+  gets none at all.
+
+  Args:
+    logits: (..., C) float logits (bf16 is computed in f32).
+    labels: (...) int labels.
+    targets_: (..., C) soft targets over the non-target classes, e.g. from
+      `zipf_targets`; rows should sum to 1 off the label.
+    where: optional (...) bool; False examples give 0.
+
+  Returns:
+    (...) float32 per-example KL; NaN where a label is out of range.
+
+  Example:
+    >>> z = jnp.array([[2.0, 1.0, 0.0]]); y = jnp.array([0])
+    >>> q = zipf_targets(z, y)
+    >>> zipf_loss(z, y, q).shape
+    (1,)
+  """
+  validation.check_logits_labels(logits, labels)
+  validation.check_same_shape("targets", targets_, "logits", logits)
+  validation.check_where(where, jnp.shape(labels))
+  parts = _non_target_softmax(jnp.asarray(logits, jnp.float32), labels)
+  q = jnp.where(parts.is_label, 0.0, jax.lax.stop_gradient(targets_).astype(jnp.float32))
+  kl = _kl_from_dense(q, parts)
+  return _apply_where(kl, where)
+
+
+def _kl_from_dense(q: jax.Array, parts: _NonTargetSoftmax) -> jax.Array:
+  cross = jnp.where(parts.is_label, 0.0, q * parts.centred).sum(-1)
+  return xlogy(q, q).sum(-1) - cross + parts.log_sumexp
+
+
+def _kl_from_votes(votes: jax.Array, labels: jax.Array, parts: _NonTargetSoftmax,
+                   dist: targets.Distribution) -> jax.Array:
+  """The Zipf KL from (..., K) votes without building dense targets.
+
+  Every unvoted class has weight d_u (its rank is num_voted + 1); voted
+  class i has d_i. With Z = sum_{j != y} d_j and q = d / Z:
+    sum_{j != y} q_j log q_j   from the K voted weights and one d_u term,
+    sum_{j != y} q_j z_j = q_u sum_{j != y} z_j + sum_{voted i != y} (q_i - q_u) z_i.
+  """
+  num_classes = parts.centred.shape[-1]
+  stats = ranks.vote_statistics(votes)
+  num_unvoted = num_classes - stats.num_voted
+  d_voted = targets.rank_weights(stats.rank, num_classes=num_classes, distribution=dist,
+                                 group_size=stats.group_size)
+  d_unvoted = targets.rank_weights(stats.unvoted_rank, num_classes=num_classes,
+                                   distribution=dist, group_size=num_unvoted)
+  is_label_vote = votes == labels[..., None]
+  label_voted = jnp.any(is_label_vote, axis=-1)
+  other_voted = stats.first & ~is_label_vote        # each voted non-target class once
+  num_other_unvoted = num_unvoted - (~label_voted).astype(jnp.int32)
+
+  def normaliser(d_voted, d_unvoted):
+    return num_other_unvoted * d_unvoted + jnp.where(other_voted, d_voted, 0.0).sum(-1)
+
+  total = normaliser(d_voted, d_unvoted)
+  # All non-target weights zero (linear_decay at its limit): uniform, as zipf_targets does.
+  degenerate = total <= 0
+  d_voted = jnp.where(degenerate[..., None], 1.0, d_voted)
+  d_unvoted = jnp.where(degenerate, 1.0, d_unvoted)
+  total = normaliser(d_voted, d_unvoted)
+  q_voted = d_voted / total[..., None]
+  q_unvoted = d_unvoted / total
+
+  entropy = (num_other_unvoted * xlogy(q_unvoted, q_unvoted)
+             + jnp.where(other_voted, xlogy(q_voted, q_voted), 0.0).sum(-1))
+  centred_sum = jnp.where(parts.is_label, 0.0, parts.centred).sum(-1)
+  centred_at_votes = jnp.take_along_axis(parts.centred, votes, axis=-1, mode="fill",
+                                         fill_value=jnp.nan)
+  cross = q_unvoted * centred_sum + jnp.where(
+      other_voted, (q_voted - q_unvoted[..., None]) * centred_at_votes, 0.0).sum(-1)
+  return entropy - cross + parts.log_sumexp
+
+
+def zipf_label_smoothing_terms(logits: jax.Array,
+                               labels: jax.Array,
+                               *,
+                               votes: Optional[jax.Array] = None,
+                               power: float = 1.0,
+                               distribution: str = "zipf",
+                               key: Optional[jax.Array] = None,
+                               smallest_prob: float = 0.0,
+                               decay: float = 1.0,
+                               lower_bound: float = 1.0,
+                               upper_bound: Optional[float] = None) -> ZipfTerms:
+  """Per-example CE, Zipf KL and correctness flags, computed together.
+
+  The training objective is `mean(ce) + lam * mean(kl)`, or with the
+  correct-only mask `mean(ce) + lam * masked_batch_mean(kl, correct)`.
+
+  Args:
+    logits: (..., C) float logits (bf16 is computed in f32).
+    labels: (...) int labels in [0, C).
+    votes: optional (..., K) int dense votes (`dense_votes`; several exits
+      concatenated along K). None ranks the logits instead (a sort over C).
+    power, distribution, key, smallest_prob, decay, lower_bound,
+      upper_bound: the target distribution, as in `zipf_targets`.
+
+  Returns:
+    `ZipfTerms(ce, kl, correct)`, float32 / bool of shape (...). An
+    out-of-range label (which cannot raise under jit) gives NaN in `ce` and
+    `kl`; catch it early with `check_labels` under `checkify`.
+  """
+  num_classes = validation.check_logits_labels(logits, labels)
+  dist = targets.Distribution(distribution, power, smallest_prob, decay, lower_bound,
+                              upper_bound)
+  dist.check(num_classes, key)
+  if votes is not None:
+    validation.check_int("votes", votes)
+    if jnp.ndim(votes) != jnp.ndim(logits) or jnp.shape(votes)[:-1] != jnp.shape(labels):
+      raise ValueError(
+          f"`votes` must be (..., K) class ids with leading shape {tuple(jnp.shape(labels))} "
+          f"(that of `labels`), got {tuple(jnp.shape(votes))}.")
+  logits = jnp.asarray(logits, jnp.float32)
+  parts = _non_target_softmax(logits, labels)
+  if votes is not None and dist.name in targets.RANK_DISTRIBUTIONS:
+    kl = _kl_from_votes(jnp.asarray(votes), labels, parts, dist)
+  else:
+    scores = logits if votes is None else ranks.vote_counts(votes, num_classes)
+    q = targets.zipf_targets(scores, labels, power=power, distribution=distribution, key=key,
+                             smallest_prob=smallest_prob, decay=decay,
+                             lower_bound=lower_bound, upper_bound=upper_bound)
+    kl = _kl_from_dense(q, parts)
+  correct = jnp.argmax(logits, axis=-1) == labels
+  return ZipfTerms(parts.ce, kl, correct)
+
+
+def zipf_label_smoothing_loss(logits: jax.Array,
+                              labels: jax.Array,
+                              *,
+                              votes: Optional[jax.Array] = None,
+                              lam: float = 1.0,
+                              power: float = 1.0,
+                              distribution: str = "zipf",
+                              key: Optional[jax.Array] = None,
+                              where: Optional[jax.Array] = None,
+                              **distribution_options) -> jax.Array:
+  """Zipf's Label Smoothing: per-example CE(z, y) + lam * KL(q || p_{j != y}).
+
+  q ranks the dense `votes` (the paper's default) or, without them, the
+  logits; see `zipf_label_smoothing_terms` for the parts and SPEC section 2.
+
+  Args:
+    logits: (..., C) float logits.
+    labels: (...) int labels.
+    votes: optional (..., K) int dense votes from `dense_votes`.
+    lam: weight of the Zipf term (0.1 CIFAR/ImageNet, 1.0 Tiny/iNat).
+    power: Zipf exponent.
+    distribution: one of `DISTRIBUTIONS`; `key` for the random ones.
+    where: optional (...) bool; False examples give 0.
+    **distribution_options: smallest_prob, decay, lower_bound, upper_bound.
+
+  Returns:
+    (...) float32 per-example losses.
+
+  Example:
+    >>> logits = jnp.array([[2.0, 0.5, -1.0, 0.0]]); labels = jnp.array([0])
+    >>> votes = jnp.array([[0, 0, 1, 3]])
+    >>> loss = zipf_label_smoothing_loss(logits, labels, votes=votes, lam=0.1)
+    >>> loss.shape
+    (1,)
+  """
+  validation.check_where(where, jnp.shape(labels))
+  terms = zipf_label_smoothing_terms(logits, labels, votes=votes, power=power,
+                                     distribution=distribution, key=key,
+                                     **distribution_options)
+  return _apply_where(terms.ce + lam * terms.kl, where)
+
+
+def label_smoothing_loss(logits: jax.Array,
+                         labels: jax.Array,
+                         *,
+                         eps: float,
+                         where: Optional[jax.Array] = None) -> jax.Array:
+  """Label smoothing as the paper's authors define it.
+
+  Cross-entropy against (1 - eps) on y and eps / (C - 1) on each other class
+  (optax's `smooth_labels` instead spreads eps / C over all C classes).
+
+  Returns:
+    (...) float32 per-example losses.
+  """
+  num_classes = validation.check_logits_labels(logits, labels)
+  _check_eps(eps)
+  validation.check_where(where, jnp.shape(labels))
+  uniform = jnp.full(jnp.shape(logits), 1.0 / (num_classes - 1), jnp.float32)
+  return _smoothed_cross_entropy(logits, labels, uniform, eps, where)
+
+
+def label_smooth_zipf_loss(logits: jax.Array,
+                           labels: jax.Array,
+                           targets_: jax.Array,
+                           *,
+                           eps: float,
+                           where: Optional[jax.Array] = None) -> jax.Array:
+  """Cross-entropy against (1 - eps) onehot(y) + eps q (SPEC 3, the authors' intent).
+
+  Args:
+    logits: (..., C) float logits.
+    labels: (...) int labels.
+    targets_: (..., C) soft targets q, e.g. from `zipf_targets`; the label's
+      entry is ignored.
+    eps: smoothing mass in [0, 1].
+    where: optional (...) bool; False examples give 0.
+  """
+  validation.check_logits_labels(logits, labels)
+  validation.check_same_shape("targets", targets_, "logits", logits)
+  _check_eps(eps)
+  validation.check_where(where, jnp.shape(labels))
+  return _smoothed_cross_entropy(logits, labels, targets_, eps, where)
+
+
+def _check_eps(eps) -> None:
+  if not 0.0 <= eps <= 1.0:
+    raise ValueError(f"`eps` must lie in [0, 1], got {eps}.")
+
+
+def _smoothed_cross_entropy(logits, labels, soft, eps, where):
+  logits = jnp.asarray(logits, jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  is_label = jnp.arange(logits.shape[-1]) == labels[..., None]
+  soft = jnp.where(is_label, 0.0, jax.lax.stop_gradient(soft).astype(jnp.float32))
+  label_log_prob = jnp.take_along_axis(log_probs, labels[..., None], axis=-1, mode="fill",
+                                       fill_value=jnp.nan)[..., 0]
+  loss = -(1.0 - eps) * label_log_prob - eps * (soft * log_probs).sum(-1)
+  return _apply_where(loss, where)
+
+
+def masked_batch_mean(values: jax.Array,
+                      mask: jax.Array,
+                      *,
+                      axis_name=None) -> jax.Array:
+  """sum(mask * values) / max(sum(mask), 1), exact across devices.
+
+  With `axis_name` (inside pmap or shard_map) the numerator and the count
+  are summed across devices separately, so the result equals the masked
+  mean of the global batch, not a mean of per-device means. Under
+  `jax.jit` on global arrays leave it None: the sums are already global.
+  """
+  validation.check_same_shape("mask", mask, "values", values)
+  mask = jnp.asarray(mask)
+  total = jnp.where(mask, values, 0.0).sum()
+  count = mask.sum(dtype=jnp.float32)
+  if axis_name is not None:
+    total, count = jax.lax.psum((total, count), axis_name)
+  return total / jnp.maximum(count, 1.0)

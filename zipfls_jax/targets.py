@@ -1,0 +1,196 @@
+"""Zipf soft targets over the non-target classes (SPEC sections 1.3-1.4 and 3).
+
+A distribution maps each class's rank to an unnormalised weight d; the
+target's weight is masked *after* ranking and the rest normalised:
+q_j = d_j / sum_{i != y} d_i, q_y = 0. Targets carry no gradient.
+
+This module holds the one definition of every distribution (`rank_weights`
+for the rank-driven ones, `_random_weights` for the random ablations); the
+fused loss in `losses.py` evaluates the same `rank_weights` on vote ranks.
+It must not import flax, optax or TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from zipfls_jax import ranks, validation
+
+RANK_DISTRIBUTIONS = ("zipf", "constant", "linear_decay", "exponential_decay", "unbiased_zipf")
+RANDOM_DISTRIBUTIONS = ("random_uniform", "random_gaussian", "random_pareto", "sorted_pareto")
+DISTRIBUTIONS = RANK_DISTRIBUTIONS + RANDOM_DISTRIBUTIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+  """A validated choice of target distribution and its parameters.
+
+  Attributes:
+    name: one of `DISTRIBUTIONS`.
+    power: exponent of 'zipf' and 'unbiased_zipf' (d = rank ** -power).
+    smallest_prob: 'linear_decay' weight of the last rank, in [0, 1/C].
+    decay: 'exponential_decay' rate (d = exp(-decay * (rank - 1))).
+    lower_bound, upper_bound: 'unbiased_zipf' integration range
+      [lb, ub] split into C equal cells; ub None means lb + C (unit cells).
+  """
+  name: str = "zipf"
+  power: float = 1.0
+  smallest_prob: float = 0.0
+  decay: float = 1.0
+  lower_bound: float = 1.0
+  upper_bound: Optional[float] = None
+
+  def check(self, num_classes: int, key) -> None:
+    if self.name not in DISTRIBUTIONS:
+      raise ValueError(
+          f"`distribution` must be one of {', '.join(DISTRIBUTIONS)}; got {self.name!r}.")
+    validation.check_positive("power", self.power)
+    if self.name in RANDOM_DISTRIBUTIONS and key is None:
+      raise ValueError(
+          f"distribution {self.name!r} draws fresh weights every step: pass `key` "
+          "(a jax.random key, e.g. folded with the step number); got key=None.")
+    if self.name == "linear_decay" and not 0.0 <= self.smallest_prob <= 1.0 / num_classes:
+      raise ValueError(
+          f"`smallest_prob` must lie in [0, 1/C] = [0, {1.0 / num_classes:.6g}] for C = "
+          f"{num_classes} classes; got {self.smallest_prob}.")
+    if self.name == "exponential_decay":
+      validation.check_positive("decay", self.decay)
+    if self.name == "unbiased_zipf":
+      validation.check_positive("lower_bound", self.lower_bound)
+      if self.upper_bound is not None and not self.upper_bound > self.lower_bound:
+        raise ValueError(
+            f"`upper_bound` must exceed `lower_bound` = {self.lower_bound}; got {self.upper_bound}.")
+
+
+def rank_weights(rank: jax.Array,
+                 *,
+                 num_classes: int,
+                 distribution: Distribution = Distribution(),
+                 group_size: Optional[jax.Array] = None) -> jax.Array:
+  """Unnormalised weight d of each class from its min rank (SPEC section 3).
+
+  Args:
+    rank: int min ranks in [1, C], any shape.
+    num_classes: C.
+    distribution: a rank-driven `Distribution` (not a random one).
+    group_size: tie-group size of each rank (same shape as `rank`); only
+      'unbiased_zipf' reads it, which spreads the integral over a tie
+      group's whole span equally among its members.
+
+  Returns:
+    float32 weights, the shape of `rank`.
+  """
+  name = distribution.name
+  if name not in RANK_DISTRIBUTIONS:
+    raise ValueError(
+        f"rank_weights takes a rank-driven distribution ({', '.join(RANK_DISTRIBUTIONS)}); "
+        f"got {name!r}.")
+  r = jnp.asarray(rank).astype(jnp.float32)
+  c = float(num_classes)
+  if name == "zipf":
+    return r ** (-distribution.power)
+  if name == "constant":
+    return jnp.ones_like(r)
+  if name == "linear_decay":
+    s = distribution.smallest_prob
+    gap = 2.0 * (1.0 - c * s) / ((c - 1.0) * c)
+    return (c - r) * gap + s
+  if name == "exponential_decay":
+    return jnp.exp(-distribution.decay * (r - 1.0))
+  # unbiased_zipf
+  if group_size is None:
+    raise ValueError("'unbiased_zipf' needs `group_size` (the size of each rank's tie group).")
+  m = jnp.asarray(group_size).astype(jnp.float32)
+  lb = distribution.lower_bound
+  ub = lb + c if distribution.upper_bound is None else distribution.upper_bound
+  width = (ub - lb) / c
+  a = lb + (r - 1.0) * width
+  b = lb + (r - 1.0 + m) * width
+  p = distribution.power
+  if p == 1.0:
+    integral = jnp.log(b / a)
+  else:
+    integral = (b ** (1.0 - p) - a ** (1.0 - p)) / (1.0 - p)
+  return integral / m
+
+
+def _random_weights(key, scores: jax.Array, distribution: Distribution) -> jax.Array:
+  """Fresh random weights of the shape of `scores` (the random ablations)."""
+  shape = scores.shape
+  name = distribution.name
+  if name == "random_uniform":
+    return jax.random.uniform(key, shape)
+  if name == "random_gaussian":
+    return jnp.abs(jax.random.normal(key, shape))
+  # Lomax(a=1), numpy's `pareto(1)`: a Pareto(x_m=1) sample minus one.
+  samples = jax.random.pareto(key, 1.0, shape) - 1.0
+  if name == "random_pareto":
+    return samples
+  # sorted_pareto, the authors' intent: the largest sample to the best rank,
+  # a tie group sharing the value at its min rank.
+  descending = -jnp.sort(-samples, axis=-1)
+  return jnp.take_along_axis(descending, ranks.rank_min(scores) - 1, axis=-1)
+
+
+def normalise_excluding_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
+  """q_j = d_j / sum_{i != y} d_i, q_y = 0; uniform if all non-target d are 0."""
+  num_classes = weights.shape[-1]
+  is_label = jnp.arange(num_classes) == labels[..., None]
+  weights = jnp.where(is_label, 0.0, weights)
+  total = weights.sum(-1, keepdims=True)
+  uniform = jnp.where(is_label, 0.0, 1.0 / (num_classes - 1))
+  return jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def zipf_targets(scores: jax.Array,
+                 labels: jax.Array,
+                 *,
+                 power: float = 1.0,
+                 distribution: str = "zipf",
+                 key: Optional[jax.Array] = None,
+                 smallest_prob: float = 0.0,
+                 decay: float = 1.0,
+                 lower_bound: float = 1.0,
+                 upper_bound: Optional[float] = None) -> jax.Array:
+  """Soft targets over the non-target classes from ranked scores.
+
+  With r_k = rank_min(scores)_k (1 = best, ties share the minimum rank) and
+  d_k = r_k ** -power for the default 'zipf',
+  q_j = d_j / sum_{i != y} d_i for j != y and q_y = 0.
+
+  Args:
+    scores: (..., C) logits or vote counts (e.g. `vote_counts(votes, C)`).
+    labels: (...) int class ids.
+    power: Zipf exponent, > 0.
+    distribution: one of `DISTRIBUTIONS` (SPEC section 3).
+    key: jax.random key, required by the random distributions.
+    smallest_prob: 'linear_decay' parameter, in [0, 1/C].
+    decay: 'exponential_decay' rate, > 0.
+    lower_bound, upper_bound: 'unbiased_zipf' integration range.
+
+  Returns:
+    (..., C) float32 targets, rows summing to 1, zero at the label, no
+    gradient. An out-of-range label leaves every class in the row.
+
+  Example:
+    >>> zipf_targets(jnp.array([[3., 0., 2., 1.]]), jnp.array([0]))
+    Array([[0.        , 0.23076922, 0.46153843, 0.3076923 ]], dtype=float32)
+
+  Reference: Liang et al., "Efficient One Pass Self-distillation with Zipf's
+  Label Smoothing", ECCV 2022.
+  """
+  num_classes = validation.check_logits_labels(scores, labels, "scores", allow_int=True)
+  dist = Distribution(distribution, power, smallest_prob, decay, lower_bound, upper_bound)
+  dist.check(num_classes, key)
+  scores = jax.lax.stop_gradient(jnp.asarray(scores))
+  if dist.name in RANDOM_DISTRIBUTIONS:
+    weights = _random_weights(key, scores, dist)
+  else:
+    rank = ranks.rank_min(scores)
+    group_size = ranks.rank_max(scores) - rank + 1 if dist.name == "unbiased_zipf" else None
+    weights = rank_weights(rank, num_classes=num_classes, distribution=dist, group_size=group_size)
+  return jax.lax.stop_gradient(normalise_excluding_label(weights, labels))
+
