@@ -1,0 +1,144 @@
+"""Which tfds builder holds each dataset, and how it gets prepared.
+
+`get_builder` returns the builder for one of our dataset names (tfds's own,
+or ours where tfds has none or a broken one); `prepare_dataset` makes it
+readable (download only after a quick reachability check, manual files
+otherwise); `missing_data_error` says where the data should be. Nothing
+here batches or augments. Importing this module hides GPUs from
+TensorFlow, so the input pipelines never take accelerator memory.
+"""
+from __future__ import annotations
+
+import os
+
+from etils import epath
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from zipfls_jax.data import fashion_mnist
+from zipfls_jax.data import i_naturalist2021
+from zipfls_jax.data import network
+from zipfls_jax.data import specs
+from zipfls_jax.data import tiny_imagenet
+
+
+def _keep_tensorflow_off_accelerators() -> None:
+  # TF must not reserve GPU memory that JAX needs. Setting visible devices
+  # fails once TF has initialised its devices; then TF already runs
+  # wherever it runs and there is nothing left to do.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):
+    pass
+
+
+_keep_tensorflow_off_accelerators()
+
+_IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+# A file each download needs, probed before anything is downloaded.
+_PROBE_URLS = {
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+    "tiny_imagenet": tiny_imagenet.URL,
+    "i_naturalist2021": f"{i_naturalist2021.URL}/val.json.tar.gz",
+}
+
+
+def get_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
+  """The tfds builder that reads dataset `name` from `data_dir`."""
+  specs.get_dataset_spec(name)  # Validates the name.
+  if name == "tiny_imagenet":
+    return tiny_imagenet.TinyImagenet(data_dir=data_dir)
+  if name == "i_naturalist2021":
+    return i_naturalist2021.INaturalist2021(data_dir=data_dir)
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def default_manual_dir(builder: tfds.core.DatasetBuilder) -> str:
+  """tfds's default manual dir for `builder`'s data dir."""
+  return os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+
+
+def missing_data_error(name: str, data_dir=None) -> FileNotFoundError:
+  """The error for a dataset that is not prepared: where to put what."""
+  builder = get_builder(name, data_dir)
+  root = os.fspath(builder.data_dir_root)
+  manual = default_manual_dir(builder)
+  prepare = (
+      f"python -m zipfls_jax.data.prepare --dataset={name} --data_dir={root}"
+  )
+  if name == "fashion_mnist":
+    how = (
+        "Run `python -m zipfls_jax.data.prepare_fashion_mnist"
+        f" --data_dir={root}`; it works offline from the Debian package"
+        f" {fashion_mnist.DEBIAN_PACKAGE} and downloads only with internet."
+    )
+  elif name == "cifar100":
+    how = (
+        f"Run `{prepare}` on a machine with internet (tfds downloads about"
+        f" 160 MB from {_PROBE_URLS[name]}), or copy a prepared `cifar100/`"
+        f" folder into {root}."
+    )
+  elif name == "tiny_imagenet":
+    how = (
+        f"Put the official `{tiny_imagenet.FOLDER}/` folder (wnids.txt,"
+        " train/<wnid>/images/*.JPEG, val/images/*.JPEG,"
+        f" val/val_annotations.txt) or `{tiny_imagenet.ZIP_NAME}` in"
+        f" {manual}, then run `{prepare}`; without them it downloads"
+        f" {tiny_imagenet.URL}, which needs internet."
+    )
+  elif name == "imagenet2012":
+    how = (
+        f"Download {' and '.join(_IMAGENET_MANUAL_FILES)} from"
+        f" https://image-net.org (registration needed), put both in"
+        f" {manual}, then run `{prepare}` (no internet needed)."
+    )
+  else:
+    archives = [f for s in ("mini", "val") for f in i_naturalist2021.manual_files(s)]
+    how = (
+        f"Put {', '.join(archives)} (from {i_naturalist2021.URL}) in"
+        f" {manual}, then run `{prepare}`; missing archives are downloaded,"
+        " which needs internet."
+    )
+  return FileNotFoundError(
+      f"Dataset {name!r} is not prepared in {root} (looked for"
+      f" {os.fspath(builder.data_path)}). {how}"
+  )
+
+
+def _has_manual_files(name: str, manual_dir: str) -> bool:
+  manual = epath.Path(manual_dir)
+  if name == "tiny_imagenet":
+    return tiny_imagenet.find_release(manual) is not None
+  if name == "imagenet2012":
+    return all((manual / f).exists() for f in _IMAGENET_MANUAL_FILES)
+  if name == "i_naturalist2021":
+    return all(
+        (manual / f).exists()
+        for split in ("mini", "val")
+        for f in i_naturalist2021.manual_files(split)
+    )
+  return False
+
+
+def prepare_dataset(name: str, *, data_dir=None, manual_dir=None) -> epath.Path:
+  """Prepares dataset `name` in `data_dir` (idempotent) and returns its path.
+
+  Reads manual files when they are in `manual_dir` (default
+  `<data_dir>/downloads/manual`); downloads only when the source answers
+  within seconds. Otherwise raises the `missing_data_error`.
+  """
+  if name == "fashion_mnist":
+    return fashion_mnist.prepare_fashion_mnist(data_dir, idx_dir=manual_dir)
+  builder = get_builder(name, data_dir)
+  if builder.is_prepared():
+    return builder.data_path
+  manual_dir = manual_dir or default_manual_dir(builder)
+  if not _has_manual_files(name, manual_dir) and (
+      name == "imagenet2012" or not network.can_reach(_PROBE_URLS[name])
+  ):
+    raise missing_data_error(name, data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+  )
+  return builder.data_path
