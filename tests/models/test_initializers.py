@@ -1,0 +1,71 @@
+"""Initial weights follow the PyTorch references (checked by their statistics)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zipfls_jax.models import get_model
+
+
+def init_params(name, side, **kwargs):
+  model = get_model(name, num_classes=10, **kwargs)
+  images = jnp.zeros((1, side, side, 3))
+  return jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)["params"]
+
+
+@pytest.fixture(scope="module")
+def resnet_params():
+  return init_params("resnet_tiny", 64, zero_init_residual=True)
+
+
+@pytest.fixture(scope="module")
+def cifar_params():
+  return init_params("cifar_resnet_tiny", 32, zero_init_residual=True)
+
+
+def test_imagenet_resnet_convs_are_kaiming_normal_fan_out(resnet_params):
+  # torchvision: std = sqrt(2 / (k * k * out_channels)), untruncated normal.
+  kernel = np.asarray(resnet_params["stage4_block1"]["conv2"]["kernel"])  # 3x3, 64 -> 64
+  assert kernel.shape == (3, 3, 64, 64)
+  np.testing.assert_allclose(kernel.std(), math.sqrt(2.0 / (9 * 64)), rtol=0.05)
+  assert np.abs(kernel).max() > 3.0 * math.sqrt(2.0 / (9 * 64))  # not truncated at 2 std
+
+
+def test_cifar_convs_and_heads_are_pytorch_defaults(cifar_params):
+  # PyTorch default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+  kernel = np.asarray(cifar_params["stage4_block1"]["conv2"]["kernel"])  # 3x3, 64 -> 64
+  bound = 1.0 / math.sqrt(9 * 64)
+  assert np.abs(kernel).max() <= bound
+  np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3.0), rtol=0.05)
+  bias = np.asarray(cifar_params["head"]["bias"])
+  assert np.abs(bias).max() <= 1.0 / math.sqrt(64) and np.abs(bias).max() > 0
+
+
+@pytest.mark.parametrize("which", ["resnet", "cifar"])
+def test_zero_init_residual_zeroes_each_branch_last_bn_only(which, resnet_params, cifar_params):
+  params = resnet_params if which == "resnet" else cifar_params
+  last_bn = "bn2"  # BasicBlock and PreActBlock both end their branch with bn2
+  blocks = [k for k in params if k.startswith("stage")]
+  assert len(blocks) == 4
+  for block in blocks:
+    np.testing.assert_array_equal(params[block][last_bn]["scale"], 0.0)
+    np.testing.assert_array_equal(params[block]["bn1"]["scale"], 1.0)
+
+
+def test_bottleneck_zero_init_is_its_bn3_and_off_by_default():
+  zeroed = init_params("resnext_tiny", 64, zero_init_residual=True)
+  default = init_params("resnext_tiny", 64)
+  for block in ("stage1_block1", "stage4_block1"):
+    np.testing.assert_array_equal(zeroed[block]["bn3"]["scale"], 0.0)
+    np.testing.assert_array_equal(zeroed[block]["bn2"]["scale"], 1.0)
+    np.testing.assert_array_equal(zeroed[block]["downsample_bn"]["scale"], 1.0)
+    np.testing.assert_array_equal(default[block]["bn3"]["scale"], 1.0)
+
+
+def test_mobilenet_head_is_normal_001_with_zero_bias():
+  params = init_params("mobilenet_v2_tiny", 32)
+  kernel = np.asarray(params["head"]["kernel"])
+  np.testing.assert_allclose(kernel.std(), 0.01, rtol=0.15)
+  np.testing.assert_array_equal(params["head"]["bias"], 0.0)
