@@ -1,9 +1,5 @@
 """Input pipelines: tfds datasets, the authors' augmentations, exact eval.
 
-Importing this package imports TensorFlow and tfds (and hides GPUs from
-TensorFlow); `zipfls_jax` and `zipfls_jax.models` never import it. It never
-imports the training code.
-
     spec = get_dataset_spec('cifar100')
     train = create_train_iterator('cifar100', global_batch_size=128, seed=0)
     for batch in create_eval_iterator('cifar100', global_batch_size=128):
@@ -11,30 +7,50 @@ imports the training code.
 
 Datasets must be prepared first: `prepare_dataset(name, data_dir=...)` or
 `python -m zipfls_jax.data.prepare --dataset=NAME --data_dir=DIR`;
-Fashion-MNIST also offline with `prepare_fashion_mnist(data_dir)`.
+Fashion-MNIST also offline with `prepare_fashion_mnist(data_dir)` or
+`python -m zipfls_jax.data.prepare_fashion_mnist --data_dir=DIR`.
+
+`get_dataset_spec` and `DATASET_NAMES` are plain metadata; TensorFlow and
+tfds are imported (and GPUs hidden from TensorFlow) only when a pipeline,
+builder or preparation function is first used, so configs and models can
+ask for class counts cheaply. `zipfls_jax` and `zipfls_jax.models` never
+import this package; it never imports the training code.
 """
-from zipfls_jax.data.fashion_mnist import prepare_fashion_mnist
-from zipfls_jax.data.pipeline import create_eval_iterator
-from zipfls_jax.data.pipeline import create_train_iterator
-from zipfls_jax.data.pipeline import eval_dataset
-from zipfls_jax.data.pipeline import num_examples
-from zipfls_jax.data.pipeline import train_dataset
-from zipfls_jax.data.sources import get_builder
-from zipfls_jax.data.sources import prepare_dataset
+import importlib
+
 from zipfls_jax.data.specs import DATASET_NAMES
 from zipfls_jax.data.specs import DatasetSpec
 from zipfls_jax.data.specs import get_dataset_spec
 
+# Public name -> submodule defining it; loaded on first access (PEP 562).
+_LAZY = {
+    "create_eval_iterator": "pipeline",
+    "create_train_iterator": "pipeline",
+    "eval_dataset": "pipeline",
+    "num_examples": "pipeline",
+    "train_dataset": "pipeline",
+    "get_builder": "sources",
+    "prepare_dataset": "sources",
+    "prepare_fashion_mnist": "fashion_mnist",
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    module = importlib.import_module(f"zipfls_jax.data.{_LAZY[name]}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'zipfls_jax.data' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))
+
+
 __all__ = [
     "DATASET_NAMES",
     "DatasetSpec",
-    "create_eval_iterator",
-    "create_train_iterator",
-    "eval_dataset",
-    "get_builder",
     "get_dataset_spec",
-    "num_examples",
-    "prepare_dataset",
-    "prepare_fashion_mnist",
-    "train_dataset",
+    *_LAZY,
 ]

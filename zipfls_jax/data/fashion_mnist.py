@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from zipfls_jax.data import network
+from zipfls_jax.data import tensorflow_setup  # noqa: F401  (hides GPUs from TF)
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"

@@ -29,6 +29,7 @@ import json
 import os
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification.i_naturalist2021 import i_naturalist2021 as tfds_inat
 
@@ -69,7 +70,7 @@ class INaturalist2021(tfds_inat.INaturalist2021, skip_registration=True):
         builder=self,
         description=getattr(tfds_inat, "_DESCRIPTION", "iNaturalist 2021."),
         features=tfds.features.FeaturesDict({
-            "id": tfds.features.Scalar(dtype="int64"),
+            "id": tfds.features.Scalar(dtype=np.int64),
             "file_id": tfds.features.Text(),
             "image": tfds.features.Image(shape=(None, None, 3)),
             "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from zipfls_jax.data import tensorflow_setup  # noqa: F401  (hides GPUs from TF)
+
 
 def to_normalized_float(image, mean: Sequence[float], std: Sequence[float]):
   """uint8 or [0, 255] float pixels -> (pixels / 255 - mean) / std, float32."""

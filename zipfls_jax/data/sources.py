@@ -12,28 +12,15 @@ from __future__ import annotations
 import os
 
 from etils import epath
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from zipfls_jax.data import fashion_mnist
 from zipfls_jax.data import i_naturalist2021
 from zipfls_jax.data import network
 from zipfls_jax.data import specs
+from zipfls_jax.data import tensorflow_setup  # noqa: F401  (hides GPUs from TF)
 from zipfls_jax.data import tiny_imagenet
 
-
-def _keep_tensorflow_off_accelerators() -> None:
-  # TF must not reserve GPU memory that JAX needs. Setting visible devices
-  # fails once TF has initialised its devices; then TF already runs
-  # wherever it runs and there is nothing left to do.
-  try:
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (RuntimeError, ValueError):
-    pass
-
-
-_keep_tensorflow_off_accelerators()
 
 _IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 # A file each download needs, probed before anything is downloaded.

@@ -99,33 +99,35 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       )
     self.info.features["label"].names = wnids
     return {
-        "train": self._generate_train(release / "train", wnids),
-        "validation": self._generate_validation(release / "val"),
+        "train": self._generate_examples(_train_files(release / "train", wnids)),
+        "validation": self._generate_examples(_validation_files(release / "val")),
     }
 
-  def _generate_train(self, train_dir: epath.Path, wnids):
-    for wnid in wnids:
-      image_dir = train_dir / wnid / "images"
-      if not image_dir.exists():
-        raise FileNotFoundError(f"Missing training folder {image_dir}.")
-      for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() in (".jpeg", ".jpg"):
-          yield path.name, {
-              "image": os.fspath(path),
-              "label": wnid,
-              "file_name": path.name,
-          }
-
-  def _generate_validation(self, val_dir: epath.Path):
-    annotations = val_dir / "val_annotations.txt"
-    if not annotations.exists():
-      raise FileNotFoundError(f"Missing validation labels {annotations}.")
-    for line in annotations.read_text().splitlines():
-      if not line.strip():
-        continue
-      file_name, wnid = line.split("\t")[:2]
-      yield file_name, {
-          "image": os.fspath(val_dir / "images" / file_name),
+  def _generate_examples(self, files):
+    """Yields the examples of (image path, wnid) pairs, keyed by file name."""
+    for path, wnid in files:
+      yield path.name, {
+          "image": os.fspath(path),
           "label": wnid,
-          "file_name": file_name,
+          "file_name": path.name,
       }
+
+
+def _train_files(train_dir: epath.Path, wnids):
+  for wnid in wnids:
+    image_dir = train_dir / wnid / "images"
+    if not image_dir.exists():
+      raise FileNotFoundError(f"Missing training folder {image_dir}.")
+    for path in sorted(image_dir.iterdir()):
+      if path.suffix.lower() in (".jpeg", ".jpg"):
+        yield path, wnid
+
+
+def _validation_files(val_dir: epath.Path):
+  annotations = val_dir / "val_annotations.txt"
+  if not annotations.exists():
+    raise FileNotFoundError(f"Missing validation labels {annotations}.")
+  for line in annotations.read_text().splitlines():
+    if line.strip():
+      file_name, wnid = line.split("\t")[:2]
+      yield val_dir / "images" / file_name, wnid
