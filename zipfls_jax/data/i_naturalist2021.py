@@ -9,9 +9,9 @@ prepared by tfds itself and writes copies tfds reads), and:
 
 * without the label file, declares the label as 10,000 classes; the names
   are then restored from the prepared data's `label.labels.txt`, or, when
-  preparing, taken from the dataset's own JSON `categories` list, sorted by
-  id and formatted the way the builder formats them (that list *is* what
-  the missing file holds, "ordered by json id");
+  preparing, taken from the dataset's own JSON `categories` list (in id
+  order) and formatted the way the builder formats them (that list *is*
+  what the missing file holds, "ordered by json id");
 * prepares only the two splits the recipe reads, `mini` (500,000 images)
   and `val` (100,000), rather than downloading the 2.7M-image `train` and
   the unlabelled `public_test`;
@@ -50,11 +50,17 @@ def manual_files(split: str) -> tuple[str, str]:
 
 
 def label_names(categories) -> list[str]:
-  """Class names from a JSON `categories` list, in the builder's order."""
-  ordered = sorted(categories, key=lambda category: category["id"])
-  if [c["id"] for c in ordered] != list(range(len(ordered))):
-    raise ValueError("iNat21 category ids must be 0, 1, ..., n-1.")
-  return [c["name"].lower().replace(" ", "_") for c in ordered]
+  """Class names from a JSON `categories` list, in the builder's order.
+
+  The published JSON lists categories by id, 0 to 9,999; tfds's example
+  generator relies on it (it looks a category up by list position), so any
+  other order is refused rather than silently mislabelled.
+  """
+  if [c["id"] for c in categories] != list(range(len(categories))):
+    raise ValueError(
+        "iNat21 JSON categories must be listed by id, 0, 1, ..., n-1."
+    )
+  return [c["name"].lower().replace(" ", "_") for c in categories]
 
 
 class INaturalist2021(tfds_inat.INaturalist2021, skip_registration=True):
