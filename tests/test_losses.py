@@ -234,8 +234,14 @@ def test_pmap_and_shard_map_match_single_device():
   sharded = jax.jit(jax.shard_map(_zipf, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
   inputs = jax.device_put((logits, labels, votes), jax.NamedSharding(mesh, P("data")))
   np.testing.assert_allclose(sharded(*inputs), want, rtol=1e-6)
-  # Plain jit over sharded global arrays: the loss holds no collectives.
-  np.testing.assert_allclose(jax.jit(_zipf)(*inputs), want, rtol=1e-6)
+  # Plain jit over sharded global arrays (explicit and auto axes), value and grad.
+  want_grad = jax.grad(lambda z: _zipf(z, labels, votes).sum())(logits)
+  auto = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  for m in (mesh, auto):
+    inputs = jax.device_put((logits, labels, votes), jax.NamedSharding(m, P("data")))
+    np.testing.assert_allclose(jax.jit(_zipf)(*inputs), want, rtol=1e-6)
+    grad = jax.jit(jax.grad(lambda z, y, v: _zipf(z, y, v).sum()))(*inputs)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
 def test_masked_batch_mean_is_exact_across_devices():

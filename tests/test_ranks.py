@@ -38,7 +38,7 @@ def test_vote_counts_matches_loop_and_drops_out_of_range():
 def test_vote_statistics_equal_dense_ranks(num_classes, k):
   rng = np.random.default_rng(k)
   votes = rng.integers(0, min(num_classes, 6), size=(6, k))
-  stats_ = jax.jit(ranks.vote_statistics)(votes)
+  stats_ = jax.jit(ranks.vote_statistics, static_argnums=1)(votes, num_classes)
   dense = reference.counts(votes, num_classes)
   r_min = reference.ranks_min(dense)
   r_max = stats.rankdata(-dense, method="max", axis=-1)
@@ -48,7 +48,7 @@ def test_vote_statistics_equal_dense_ranks(num_classes, k):
   np.testing.assert_array_equal(stats_.count, dense[rows, votes])
   num_voted = (dense > 0).sum(-1)
   np.testing.assert_array_equal(stats_.num_voted, num_voted)
-  np.testing.assert_array_equal(stats_.first.sum(-1), num_voted)
+  np.testing.assert_allclose(stats_.share.sum(-1), num_voted, rtol=1e-6)
   unvoted = r_min[dense == 0].reshape(-1) if (dense == 0).any() else None
   if unvoted is not None:
     expected = np.repeat(num_voted + 1, (dense == 0).sum(-1))
@@ -62,3 +62,12 @@ def test_rank_errors_name_the_argument():
     zipfls_jax.vote_counts(jnp.ones((3, 2)), 4)
   with pytest.raises(ValueError, match="num_classes"):
     zipfls_jax.vote_counts(jnp.ones((3, 2), jnp.int32), 1)
+
+
+def test_vote_statistics_ignore_out_of_range_ids():
+  stats_ = ranks.vote_statistics(jnp.array([[1, 1, 7, -2, 0]]), 4)
+  np.testing.assert_array_equal(stats_.count, [[2, 2, 0, 0, 1]])
+  np.testing.assert_array_equal(stats_.share, [[0.5, 0.5, 0, 0, 1]])
+  np.testing.assert_array_equal(stats_.rank[0, [0, 1, 4]], [1, 1, 2])
+  np.testing.assert_array_equal(stats_.num_voted, [2])
+  np.testing.assert_array_equal(stats_.unvoted_rank, [3])

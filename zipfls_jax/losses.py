@@ -6,10 +6,11 @@ per example and never reduce; the caller takes the mean (or
 `masked_batch_mean` for the correct-only variant).
 
 The vote path is fused: ranks of the K voted classes come from
-`ranks.vote_statistics` (no sort, no pass over C), every unvoted class
-shares one weight, and the KL is assembled from three reductions over
-N x C (a max, an exp-sum and a plain sum) plus gathers at the K votes, so
-neither the dense targets nor any N x K x C array is ever built.
+`ranks.vote_statistics` (a histogram, no sort over C), every unvoted class
+shares one target value, so the targets stay sparse ((N, 1) plus K
+corrections) and are never built densely; CE and KL share their reductions
+over N x C, and a custom VJP makes the backward pass one fused pass plus a
+K-sized scatter. No N x K x C array is ever built.
 
 Must not import flax, optax or TensorFlow: users import this alone.
 """
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from zipfls_jax import ranks, targets, validation
+from zipfls_jax.scatter import scatter_add_rows
 
 
 class ZipfTerms(NamedTuple):
@@ -37,37 +39,125 @@ class ZipfTerms(NamedTuple):
   correct: jax.Array
 
 
-class _NonTargetSoftmax(NamedTuple):
-  """Shared reductions over the classes other than the label."""
-  is_label: jax.Array     # (..., C) bool
-  centred: jax.Array      # (..., C) z - m, m the non-target max (no gradient)
-  log_sumexp: jax.Array   # (...) log sum_{j != y} exp(z_j - m)
-  ce: jax.Array           # (...) cross-entropy over all C classes
+class _SoftTargets(NamedTuple):
+  """Soft targets over the non-target classes, kept sparse where possible.
 
-
-def _non_target_softmax(logits: jax.Array, labels: jax.Array) -> _NonTargetSoftmax:
-  """Stable log-sum-exp over the non-target classes, and CE from it.
-
-  The label is excluded before exponentiating, so a dominant target logit
-  (|z| up to 1e4) never cancels the rest away. CE = log(e^{z_y} + sum_rest)
-  - z_y = softplus(lse_rest - z_y).
+  q_j = base_j + sum_{i : ids_i = j} delta_i for j != y (the label's entry
+  is ignored). `base` is (B, 1) for the vote path (every unvoted class
+  shares one value) or (B, C) for dense targets; `ids`/`delta` (B, K)
+  correct the voted classes (K = 0 for dense targets). `entropy` is
+  sum_{j != y} q_j log q_j. None of it carries gradient.
   """
+  base: jax.Array
+  ids: jax.Array
+  delta: jax.Array
+  entropy: jax.Array
+
+
+def _dense_soft_targets(q: jax.Array, labels: jax.Array) -> _SoftTargets:
+  is_label = jnp.arange(q.shape[-1]) == labels[:, None]
+  q = jnp.where(is_label, 0.0, jax.lax.stop_gradient(q).astype(jnp.float32))
+  empty = jnp.zeros((q.shape[0], 0), jnp.int32)
+  return _SoftTargets(q, empty, empty.astype(jnp.float32), xlogy(q, q).sum(-1))
+
+
+def _vote_soft_targets(votes: jax.Array, labels: jax.Array, num_classes: int,
+                       dist: targets.Distribution) -> _SoftTargets:
+  """Zipf targets of (B, K) votes as one shared unvoted value plus K corrections.
+
+  Every unvoted class has weight d_u (rank num_voted + 1), voted class i has
+  d_i; with Z = sum_{j != y} d_j, q_u = d_u / Z and the correction at vote
+  i is share_i (q_i - q_u), share_i = 1 / count_i so that a class voted
+  several times is corrected once in total.
+  """
+  stats = ranks.vote_statistics(votes, num_classes)
+  num_unvoted = num_classes - stats.num_voted
+  d_voted = targets.rank_weights(stats.rank, num_classes=num_classes, distribution=dist,
+                                 group_size=stats.group_size)
+  d_unvoted = targets.rank_weights(stats.unvoted_rank, num_classes=num_classes,
+                                   distribution=dist, group_size=num_unvoted)
+  is_label_vote = (votes == labels[:, None]) & (stats.share > 0)
+  share = jnp.where(is_label_vote, 0.0, stats.share)     # voted non-target classes, once each
+  num_other_unvoted = num_unvoted - (~jnp.any(is_label_vote, axis=-1)).astype(jnp.int32)
+
+  def normaliser(d_voted, d_unvoted):
+    return num_other_unvoted * d_unvoted + (share * d_voted).sum(-1)
+
+  total = normaliser(d_voted, d_unvoted)
+  # All non-target weights zero (linear_decay at its limit): uniform, as zipf_targets does.
+  degenerate = total <= 0
+  d_voted = jnp.where(degenerate[:, None], 1.0, d_voted)
+  d_unvoted = jnp.where(degenerate, 1.0, d_unvoted)
+  total = normaliser(d_voted, d_unvoted)
+  q_voted = d_voted / total[:, None]
+  q_unvoted = d_unvoted / total
+  entropy = num_other_unvoted * xlogy(q_unvoted, q_unvoted) + (share * xlogy(q_voted, q_voted)).sum(-1)
+  delta = share * (q_voted - q_unvoted[:, None])
+  return jax.lax.stop_gradient(_SoftTargets(q_unvoted[:, None], votes, delta, entropy))
+
+
+def _centred_sums(logits, labels, soft):
+  """The forward reductions, shared by the primal and the VJP's forward."""
   num_classes = logits.shape[-1]
-  is_label = jnp.arange(num_classes) == labels[..., None]
-  rest = jnp.where(is_label, -jnp.inf, logits)
-  m = jax.lax.stop_gradient(rest.max(-1, keepdims=True))
+  is_label = jnp.arange(num_classes) == labels[:, None]
+  # Excluding the label before exponentiating keeps a dominant target logit
+  # (|z| up to 1e4) from cancelling the rest away.
+  m = jnp.where(is_label, -jnp.inf, logits).max(-1, keepdims=True)
   centred = logits - m
-  log_sumexp = jnp.log(jnp.exp(jnp.where(is_label, -jnp.inf, centred)).sum(-1))
+  log_sumexp_rest = jnp.log(jnp.exp(jnp.where(is_label, -jnp.inf, centred)).sum(-1))
   # An out-of-range label cannot raise under jit: make every term NaN instead.
-  log_sumexp = jnp.where((labels >= 0) & (labels < num_classes), log_sumexp, jnp.nan)
-  label_logit = jnp.take_along_axis(centred, labels[..., None], axis=-1, mode="fill",
-                                    fill_value=jnp.nan)[..., 0]
-  ce = jax.nn.softplus(log_sumexp - label_logit)
-  return _NonTargetSoftmax(is_label, centred, log_sumexp, ce)
+  log_sumexp_rest = jnp.where((labels >= 0) & (labels < num_classes), log_sumexp_rest, jnp.nan)
+  label_logit = jnp.take_along_axis(centred, labels[:, None], axis=-1, mode="fill",
+                                    fill_value=jnp.nan)[:, 0]
+  cross = (jnp.where(is_label, 0.0, soft.base * centred).sum(-1)
+           + (soft.delta * jnp.take_along_axis(centred, soft.ids, axis=-1, mode="fill",
+                                               fill_value=0.0)).sum(-1))
+  ce = jax.nn.softplus(log_sumexp_rest - label_logit)
+  kl = soft.entropy - cross + log_sumexp_rest
+  return (ce, kl), (m, log_sumexp_rest, label_logit)
+
+
+@jax.custom_vjp
+def _ce_and_kl(logits, labels, soft):
+  """Per-example CE over all classes and KL(q || softmax over non-targets).
+
+  A custom VJP so the backward pass is one fused elementwise pass over
+  B x C plus a K-sized scatter, instead of autodiff's chain of broadcasts,
+  gathers' transposes and a second softmax.
+  """
+  return _centred_sums(logits, labels, soft)[0]
+
+
+def _ce_and_kl_fwd(logits, labels, soft):
+  out, (m, log_sumexp_rest, label_logit) = _centred_sums(logits, labels, soft)
+  return out, (logits, labels, soft, m, log_sumexp_rest, label_logit)
+
+
+def _ce_and_kl_bwd(residuals, cotangents):
+  logits, labels, soft, m, log_sumexp_rest, label_logit = residuals
+  g_ce, g_kl = cotangents
+  is_label = jnp.arange(logits.shape[-1]) == labels[:, None]
+  # p_rest: softmax over the non-target classes; the full softmax is
+  # p_rest * (1 - p_y) off the label and p_y = sigmoid(z_y - lse_rest) on it.
+  p_label = jax.nn.sigmoid(label_logit - log_sumexp_rest)
+  p_rest = jnp.exp(logits - m - log_sumexp_rest[:, None])
+  off_label = p_rest * (g_ce * (1.0 - p_label) + g_kl)[:, None] - g_kl[:, None] * soft.base
+  grad = jnp.where(is_label, (g_ce * (p_label - 1.0))[:, None], off_label)
+  grad = scatter_add_rows(grad, soft.ids, -g_kl[:, None] * soft.delta)
+  return grad, None, None
+
+
+_ce_and_kl.defvjp(_ce_and_kl_fwd, _ce_and_kl_bwd)
 
 
 def _apply_where(values: jax.Array, where: Optional[jax.Array]) -> jax.Array:
   return values if where is None else jnp.where(where, values, 0.0)
+
+
+def _flat(x, trailing: int = 1):
+  """(..., X) -> (B, X): the fused kernels work on one batch axis."""
+  x = jnp.asarray(x)
+  return x.reshape(-1, *x.shape[x.ndim - trailing:]) if trailing else x.reshape(-1)
 
 
 def zipf_loss(logits: jax.Array,
@@ -101,58 +191,10 @@ def zipf_loss(logits: jax.Array,
   validation.check_logits_labels(logits, labels)
   validation.check_same_shape("targets", targets_, "logits", logits)
   validation.check_where(where, jnp.shape(labels))
-  parts = _non_target_softmax(jnp.asarray(logits, jnp.float32), labels)
-  q = jnp.where(parts.is_label, 0.0, jax.lax.stop_gradient(targets_).astype(jnp.float32))
-  kl = _kl_from_dense(q, parts)
-  return _apply_where(kl, where)
-
-
-def _kl_from_dense(q: jax.Array, parts: _NonTargetSoftmax) -> jax.Array:
-  cross = jnp.where(parts.is_label, 0.0, q * parts.centred).sum(-1)
-  return xlogy(q, q).sum(-1) - cross + parts.log_sumexp
-
-
-def _kl_from_votes(votes: jax.Array, labels: jax.Array, parts: _NonTargetSoftmax,
-                   dist: targets.Distribution) -> jax.Array:
-  """The Zipf KL from (..., K) votes without building dense targets.
-
-  Every unvoted class has weight d_u (its rank is num_voted + 1); voted
-  class i has d_i. With Z = sum_{j != y} d_j and q = d / Z:
-    sum_{j != y} q_j log q_j   from the K voted weights and one d_u term,
-    sum_{j != y} q_j z_j = q_u sum_{j != y} z_j + sum_{voted i != y} (q_i - q_u) z_i.
-  """
-  num_classes = parts.centred.shape[-1]
-  stats = ranks.vote_statistics(votes)
-  num_unvoted = num_classes - stats.num_voted
-  d_voted = targets.rank_weights(stats.rank, num_classes=num_classes, distribution=dist,
-                                 group_size=stats.group_size)
-  d_unvoted = targets.rank_weights(stats.unvoted_rank, num_classes=num_classes,
-                                   distribution=dist, group_size=num_unvoted)
-  is_label_vote = votes == labels[..., None]
-  label_voted = jnp.any(is_label_vote, axis=-1)
-  other_voted = stats.first & ~is_label_vote        # each voted non-target class once
-  num_other_unvoted = num_unvoted - (~label_voted).astype(jnp.int32)
-
-  def normaliser(d_voted, d_unvoted):
-    return num_other_unvoted * d_unvoted + jnp.where(other_voted, d_voted, 0.0).sum(-1)
-
-  total = normaliser(d_voted, d_unvoted)
-  # All non-target weights zero (linear_decay at its limit): uniform, as zipf_targets does.
-  degenerate = total <= 0
-  d_voted = jnp.where(degenerate[..., None], 1.0, d_voted)
-  d_unvoted = jnp.where(degenerate, 1.0, d_unvoted)
-  total = normaliser(d_voted, d_unvoted)
-  q_voted = d_voted / total[..., None]
-  q_unvoted = d_unvoted / total
-
-  entropy = (num_other_unvoted * xlogy(q_unvoted, q_unvoted)
-             + jnp.where(other_voted, xlogy(q_voted, q_voted), 0.0).sum(-1))
-  centred_sum = jnp.where(parts.is_label, 0.0, parts.centred).sum(-1)
-  centred_at_votes = jnp.take_along_axis(parts.centred, votes, axis=-1, mode="fill",
-                                         fill_value=jnp.nan)
-  cross = q_unvoted * centred_sum + jnp.where(
-      other_voted, (q_voted - q_unvoted[..., None]) * centred_at_votes, 0.0).sum(-1)
-  return entropy - cross + parts.log_sumexp
+  flat_labels = _flat(labels, 0)
+  soft = _dense_soft_targets(_flat(targets_), flat_labels)
+  _, kl = _ce_and_kl(_flat(logits).astype(jnp.float32), flat_labels, soft)
+  return _apply_where(kl.reshape(jnp.shape(labels)), where)
 
 
 def zipf_label_smoothing_terms(logits: jax.Array,
@@ -194,18 +236,20 @@ def zipf_label_smoothing_terms(logits: jax.Array,
       raise ValueError(
           f"`votes` must be (..., K) class ids with leading shape {tuple(jnp.shape(labels))} "
           f"(that of `labels`), got {tuple(jnp.shape(votes))}.")
-  logits = jnp.asarray(logits, jnp.float32)
-  parts = _non_target_softmax(logits, labels)
+  batch_shape = jnp.shape(labels)
+  logits = _flat(logits).astype(jnp.float32)
+  labels = _flat(labels, 0)
   if votes is not None and dist.name in targets.RANK_DISTRIBUTIONS:
-    kl = _kl_from_votes(jnp.asarray(votes), labels, parts, dist)
+    soft = _vote_soft_targets(_flat(votes), labels, num_classes, dist)
   else:
-    scores = logits if votes is None else ranks.vote_counts(votes, num_classes)
+    scores = logits if votes is None else ranks.vote_counts(_flat(votes), num_classes)
     q = targets.zipf_targets(scores, labels, power=power, distribution=distribution, key=key,
                              smallest_prob=smallest_prob, decay=decay,
                              lower_bound=lower_bound, upper_bound=upper_bound)
-    kl = _kl_from_dense(q, parts)
+    soft = _dense_soft_targets(q, labels)
+  ce, kl = _ce_and_kl(logits, labels, soft)
   correct = jnp.argmax(logits, axis=-1) == labels
-  return ZipfTerms(parts.ce, kl, correct)
+  return ZipfTerms(*(x.reshape(batch_shape) for x in (ce, kl, correct)))
 
 
 def zipf_label_smoothing_loss(logits: jax.Array,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from zipfls_jax import validation
+from zipfls_jax.scatter import scatter_add_rows
 
 
 def _count_greater_equal(scores: jax.Array):
@@ -84,19 +85,18 @@ def vote_counts(class_ids: jax.Array, num_classes: int) -> jax.Array:
   flat = class_ids.reshape(-1, k)
   # Negative ids would wrap around NumPy-style; send them out of range too.
   flat = jnp.where(flat < 0, num_classes, flat)
-  rows = jnp.arange(flat.shape[0])[:, None]
-  counts = jnp.zeros((flat.shape[0], num_classes), jnp.int32)
-  counts = counts.at[rows, flat].add(1, mode="drop")
+  counts = scatter_add_rows(jnp.zeros((flat.shape[0], num_classes), jnp.int32), flat, 1)
   return counts.reshape(*batch_shape, num_classes)
 
 
 class VoteStatistics(NamedTuple):
-  """Per-vote view of the ranks that a set of K votes induces over C classes.
+  """Per-vote view of the ranks that K votes induce over C classes.
 
-  Attributes (all (..., K) unless noted): for vote i with class ids[i]:
-    count: votes for ids[i] among the K.
-    first: True at the first vote for each distinct class (so summing a
-      per-class quantity over `first` counts each voted class once).
+  Attributes (all (..., K) unless noted), for vote i with class ids[i]:
+    count: votes for ids[i] among the K (0 for an out-of-range id).
+    share: 1 / count, so that summing a per-class quantity times `share`
+      over the K votes counts each voted class exactly once (0 for an
+      out-of-range id, which is ignored).
     rank: min rank of class ids[i] over all C classes.
     group_size: number of classes tied with ids[i] (same vote count).
     num_voted: (...,) number of distinct voted classes.
@@ -104,31 +104,39 @@ class VoteStatistics(NamedTuple):
       num_voted + 1; their tie group has C - num_voted classes.
   """
   count: jax.Array
-  first: jax.Array
+  share: jax.Array
   rank: jax.Array
   group_size: jax.Array
   num_voted: jax.Array
   unvoted_rank: jax.Array
 
 
-def vote_statistics(class_ids: jax.Array) -> VoteStatistics:
-  """Ranks of the voted classes from (..., K) vote ids, in O(K^2), no pass over C.
+def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
+  """Ranks of the voted classes from (..., K) vote ids, without a sort over C.
 
-  Vote i's class has count c_i = #{j : id_j = id_i}. A class outranks it iff
-  its count is larger, so rank_i = 1 + #{distinct voted classes with count >
-  c_i}; unvoted classes (count 0) share rank num_voted + 1 (SPEC 1.2).
+  SPEC 1's linear-time ranking: with h[v] the number of classes that got v
+  votes, rank_min(k) = 1 + sum_{u > s_k} h[u]. h needs only the K voted
+  classes (h[v] = #votes whose class got v votes, divided by v); every
+  unvoted class shares rank num_voted + 1 (SPEC 1.2). The only pass over C
+  is the histogram scatter of `vote_counts`.
   """
-  validation.check_int("votes", class_ids)
+  counts = vote_counts(class_ids, num_classes)
   ids = jnp.asarray(class_ids)
-  same = ids[..., :, None] == ids[..., None, :]
-  count = same.sum(-1, dtype=jnp.int32)
-  k = ids.shape[-1]
-  earlier = jnp.tril(jnp.ones((k, k), jnp.bool_), -1)
-  first = ~jnp.any(same & earlier, axis=-1)
-  num_voted = first.sum(-1, dtype=jnp.int32)
-  # For vote i, compare against each distinct voted class j (first_j).
-  beats = (count[..., None, :] > count[..., :, None]) & first[..., None, :]
-  ties = (count[..., None, :] == count[..., :, None]) & first[..., None, :]
-  rank = 1 + beats.sum(-1, dtype=jnp.int32)
-  group_size = ties.sum(-1, dtype=jnp.int32)
-  return VoteStatistics(count, first, rank, group_size, num_voted, num_voted + 1)
+  batch_shape, k = ids.shape[:-1], ids.shape[-1]
+  ids = ids.reshape(-1, k)
+  in_range = (ids >= 0) & (ids < num_classes)
+  count = jnp.take_along_axis(counts.reshape(-1, num_classes), jnp.where(in_range, ids, 0),
+                              axis=-1)
+  count = jnp.where(in_range, count, 0)
+  votes_with_count = scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.int32), count, 1)
+  values = jnp.arange(k + 1)
+  classes_with_count = jnp.where(values > 0, votes_with_count // jnp.maximum(values, 1), 0)
+  # classes_beating[v] = number of classes with more than v votes.
+  classes_beating = jax.lax.cumsum(classes_with_count, axis=1, reverse=True) - classes_with_count
+  rank = 1 + jnp.take_along_axis(classes_beating, count, axis=-1)
+  group_size = jnp.take_along_axis(classes_with_count, count, axis=-1)
+  num_voted = classes_with_count.sum(-1)
+  share = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
+  shaped = lambda x: x.reshape(*batch_shape, *x.shape[1:])
+  return VoteStatistics(shaped(count), shaped(share), shaped(rank), shaped(group_size),
+                        shaped(num_voted), shaped(num_voted + 1))
