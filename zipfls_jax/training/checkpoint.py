@@ -38,24 +38,28 @@ class Checkpoints:
   def __init__(self, directory: str, *, every_steps: int, max_to_keep: int = 2):
     if every_steps <= 0:
       raise ValueError(f"checkpoint every_steps must be > 0, got {every_steps}.")
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, max_to_keep=max_to_keep, create=True)
+    self._every_steps = every_steps
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                           item_names=("state", "progress"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, state: TrainState, progress: Dict[str, Any], *, force: bool = False) -> bool:
-    """Saves `state` at its own step when due (or forced); returns whether it did."""
-    step = int(jax.device_get(state.step))
-    if step in self._manager.all_steps():
+  def save(self, step: int, state: TrainState, progress: Dict[str, Any], *,
+           force: bool = False) -> bool:
+    """Saves `state` (which is at `step`) when due or forced; returns whether it did.
+
+    `step` is passed by the caller, who knows it, so that deciding not to
+    save costs no device-to-host transfer.
+    """
+    if not (force or step % self._every_steps == 0) or step in self._manager.all_steps():
       return False
     return self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
                                 progress=ocp.args.JsonSave(dict(progress))),
-        force=force)
+        force=True)
 
   def restore(self, target: TrainState) -> Tuple[TrainState, Dict[str, Any]]:
     """Restores the latest checkpoint into `target`'s shapes and shardings.

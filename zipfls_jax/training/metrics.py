@@ -43,6 +43,10 @@ class MetricWriter:
       tf.config.set_visible_devices([], "GPU")
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
       self._tf = tf
+      # What `tensorboard.summary.scalar` writes, without needing the
+      # tensorboard package (tensorflow-cpu does not install it).
+      self._scalar_metadata = tf.compat.v1.SummaryMetadata(
+          plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes `scalars` (Python or NumPy numbers) at `step`."""
@@ -56,7 +60,8 @@ class MetricWriter:
       with self._tb.as_default(step=int(step)):
         for name, value in record.items():
           if name != "step" and isinstance(value, (int, float)):
-            self._tf.summary.scalar(name, value)
+            self._tf.summary.write(name, self._tf.constant(value, self._tf.float32),
+                                   metadata=self._scalar_metadata)
       self._tb.flush()
 
   def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Experiments of the paper: entry points (`train`, `demo`, `results_sheet`) and configs."""

@@ -1,0 +1,171 @@
+r"""The results table of SPEC section 7 from finished workdirs, and their curves.
+
+    python -m experiments.results_sheet workdirs/* --plot=curves.png
+
+Each argument is a run's workdir (it holds `config.json` and
+`metrics.jsonl`) or a folder of such workdirs. Runs are grouped by dataset,
+model and method; seeds of one group give the mean +- std (sample std, as
+over the paper's runs) of the best top-1 over evaluations, printed as a
+Markdown table with the paper's numbers beside ours. `--plot` draws eval
+top-1 against epoch for every run, one panel per dataset and model.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+_PLOT = flags.DEFINE_string("plot", None, "Where to write the curves as a PNG (optional).")
+
+# SPEC section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
+PAPER = {
+    ("cifar100", "cifar_densenet121", "ce"): ("77.86 ± 0.26", "77.97 ± 0.18"),
+    ("cifar100", "cifar_densenet121", "zipf"): ("79.03 ± 0.32", "79.85 ± 0.27"),
+    ("tiny_imagenet", "cifar_densenet121", "ce"): ("60.31 ± 0.36", "60.78 ± 0.31"),
+    ("tiny_imagenet", "cifar_densenet121", "zipf"): ("62.64 ± 0.30", "62.35 ± 0.32"),
+    ("cifar100", "cifar_resnet18", "ce"): ("75.51 ± 0.28", "75.29 ± 0.29"),
+    ("cifar100", "cifar_resnet18", "zipf"): ("77.38 ± 0.32", "77.08 ± 0.28"),
+    ("tiny_imagenet", "cifar_resnet18", "ce"): ("56.41 ± 0.20", "56.03 ± 0.34"),
+    ("tiny_imagenet", "cifar_resnet18", "zipf"): ("59.25 ± 0.20", "59.01 ± 0.23"),
+    # The paper gives only the gain of LS over its 56.4 baseline here.
+    ("tiny_imagenet", "cifar_resnet18", "ls"): ("56.9 (+0.5)", "-"),
+    ("i_naturalist2021", "resnet50", "zipf"): ("+3.61 over CE", "-"),
+}
+
+DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "TinyImageNet",
+                 "imagenet2012": "ImageNet", "i_naturalist2021": "iNat21 mini",
+                 "fashion_mnist": "Fashion-MNIST"}
+METHOD_NAMES = {"ce": "CE", "ls": "LS", "zipf": "Zipf's LS", "ls_zipf": "LS to Zipf"}
+
+
+def method_label(config: Dict) -> str:
+  """'ce', 'ls', 'zipf', or 'zipf[...]' naming what differs from the paper's Zipf LS."""
+  loss = config["loss"]
+  method = loss["method"]
+  if method not in ("zipf", "ls_zipf"):
+    return method
+  changes = []
+  if loss.get("distribution", "zipf") != "zipf":
+    changes.append(loss["distribution"])
+  if loss.get("rank_by", "votes") != "votes":
+    changes.append(f"rank by {loss['rank_by']}")
+  if loss.get("correct_only"):
+    changes.append("correct only")
+  if config.get("exits"):
+    changes.append("exits")
+  return f"{method}[{', '.join(changes)}]" if changes else method
+
+
+def load_run(workdir: str) -> Optional[Dict]:
+  """A run's config, its evaluations and best top-1; None if it has none yet."""
+  config_path = os.path.join(workdir, "config.json")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
+    return None
+  with open(config_path) as f:
+    config = json.load(f)
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  evals = {}
+  for record in records:
+    if "eval_top1" in record:
+      evals[record["step"]] = record  # a resumed run may repeat a step
+  if not evals:
+    return None
+  evals = [evals[step] for step in sorted(evals)]
+  return {"workdir": workdir, "config": config, "evals": evals,
+          "best_top1": max(e["eval_top1"] for e in evals),
+          "key": (config["dataset"], config["model"], method_label(config))}
+
+
+def find_runs(paths: Sequence[str]) -> List[Dict]:
+  """Runs in `paths`: each a workdir or a folder of workdirs."""
+  runs = []
+  for path in paths:
+    if os.path.exists(os.path.join(path, "config.json")):
+      candidates = [path]
+    elif os.path.isdir(path):
+      candidates = [os.path.join(path, d) for d in sorted(os.listdir(path))]
+    else:
+      raise FileNotFoundError(f"{path!r} is neither a run's workdir (no config.json) nor a "
+                              "folder.")
+    for candidate in candidates:
+      run = load_run(candidate)
+      if run is not None:
+        runs.append(run)
+  return runs
+
+
+def mean_std(values: Sequence[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def markdown_table(runs: Sequence[Dict]) -> str:
+  """One row per dataset, model and method: ours over seeds, the paper's beside."""
+  groups = collections.defaultdict(list)
+  for run in runs:
+    groups[run["key"]].append(run["best_top1"])
+  lines = ["| dataset | model | method | runs | best top-1 % (ours) | paper (PyTorch) "
+           "| paper (MegEngine) |",
+           "|---|---|---|---|---|---|---|"]
+  for key in sorted(groups):
+    dataset, model, method = key
+    base_method = method.split("[")[0]
+    paper = PAPER.get(key, ("-", "-")) if method == base_method else ("-", "-")
+    name = METHOD_NAMES.get(base_method, base_method) + method[len(base_method):]
+    lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model} | {name} | "
+                 f"{len(groups[key])} | {mean_std(groups[key])} | {paper[0]} | {paper[1]} |")
+  return "\n".join(lines)
+
+
+def plot_curves(runs: Sequence[Dict], path: str) -> None:
+  """Eval top-1 against epoch, one panel per (dataset, model), one line per run."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = sorted({run["key"][:2] for run in runs})
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+  colours = {}
+  for ax, panel in zip(axes[0], panels):
+    for run in runs:
+      if run["key"][:2] != panel:
+        continue
+      method = run["key"][2]
+      colour = colours.setdefault(method, f"C{len(colours)}")
+      seed = run["config"].get("seed", 0)
+      ax.plot([e["epoch"] for e in run["evals"]], [e["eval_top1"] for e in run["evals"]],
+              color=colour, marker="o", markersize=3,
+              label=f"{METHOD_NAMES.get(method, method)} (seed {seed}, best "
+                    f"{run['best_top1']:.2f})")
+    ax.set_title(f"{DATASET_NAMES.get(panel[0], panel[0])}, {panel[1]}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("eval top-1 %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("Give one or more workdirs (or folders of workdirs).")
+  runs = find_runs(paths)
+  if not runs:
+    raise SystemExit(f"No finished evaluations found in {paths}.")
+  print(markdown_table(runs))
+  if _PLOT.value:
+    plot_curves(runs, _PLOT.value)
+    print(f"Curves written to {_PLOT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
