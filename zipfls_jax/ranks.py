@@ -65,11 +65,12 @@ def rank_max(scores: jax.Array) -> jax.Array:
   return _count_greater_equal(jax.lax.stop_gradient(jnp.asarray(scores)))[1]
 
 
-def vote_counts(class_ids: jax.Array, num_classes: int) -> jax.Array:
-  """Histogram of votes: (..., K) class ids -> (..., C) int32 counts.
+def vote_counts(class_ids: jax.Array, num_classes: int, dtype=jnp.int32) -> jax.Array:
+  """Histogram of votes: (..., K) class ids -> (..., C) counts.
 
   A scatter-add, so nothing of size K x C is built. Ids outside
-  [0, num_classes) are dropped.
+  [0, num_classes) are dropped. `dtype` must hold K (the loss uses the
+  narrowest one, since zeroing the (..., C) histogram is most of its cost).
 
   Example:
     >>> vote_counts(jnp.array([[2, 2, 0]]), 4)
@@ -85,7 +86,8 @@ def vote_counts(class_ids: jax.Array, num_classes: int) -> jax.Array:
   flat = class_ids.reshape(-1, k)
   # Negative ids would wrap around NumPy-style; send them out of range too.
   flat = jnp.where(flat < 0, num_classes, flat)
-  counts = scatter_add_rows(jnp.zeros((flat.shape[0], num_classes), jnp.int32), flat, 1)
+  counts = scatter_add_rows(jnp.zeros((flat.shape[0], num_classes), dtype), flat,
+                            jnp.ones((), dtype))
   return counts.reshape(*batch_shape, num_classes)
 
 
@@ -120,14 +122,15 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   unvoted class shares rank num_voted + 1 (SPEC 1.2). The only pass over C
   is the histogram scatter of `vote_counts`.
   """
-  counts = vote_counts(class_ids, num_classes)
   ids = jnp.asarray(class_ids)
   batch_shape, k = ids.shape[:-1], ids.shape[-1]
+  narrow = jnp.uint8 if k < 2 ** 8 else jnp.uint16 if k < 2 ** 16 else jnp.int32
+  counts = vote_counts(class_ids, num_classes, dtype=narrow)
   ids = ids.reshape(-1, k)
   in_range = (ids >= 0) & (ids < num_classes)
   count = jnp.take_along_axis(counts.reshape(-1, num_classes), jnp.where(in_range, ids, 0),
                               axis=-1)
-  count = jnp.where(in_range, count, 0)
+  count = jnp.where(in_range, count.astype(jnp.int32), 0)
   votes_with_count = scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.int32), count, 1)
   values = jnp.arange(k + 1)
   classes_with_count = jnp.where(values > 0, votes_with_count // jnp.maximum(values, 1), 0)
