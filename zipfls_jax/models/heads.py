@@ -56,7 +56,7 @@ class VotingHead(nn.Module):
   num_classes: int
   vote_upsample: Optional[int] = None
   dropout_rate: float = 0.0
-  kernel_init: Callable = nn.linear.default_kernel_init
+  kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
   param_dtype: Any = jnp.float32
 
