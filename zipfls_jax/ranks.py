@@ -118,9 +118,11 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
 
   SPEC 1's linear-time ranking: with h[v] the number of classes that got v
   votes, rank_min(k) = 1 + sum_{u > s_k} h[u]. h needs only the K voted
-  classes (h[v] = #votes whose class got v votes, divided by v); every
-  unvoted class shares rank num_voted + 1 (SPEC 1.2). The only pass over C
-  is the histogram scatter of `vote_counts`.
+  classes (each vote adds 1 / its class's count to h[count], so a class
+  adds 1 in total); every unvoted class shares rank num_voted + 1 (SPEC
+  1.2). The only pass over C is the histogram scatter of `vote_counts`;
+  the suffix sums are one small (K+1) x (K+1) matmul, which XLA runs as a
+  single op where a cumsum takes several.
   """
   ids = jnp.asarray(class_ids)
   batch_shape, k = ids.shape[:-1], ids.shape[-1]
@@ -131,15 +133,17 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   count = jnp.take_along_axis(counts.reshape(-1, num_classes), jnp.where(in_range, ids, 0),
                               axis=-1)
   count = jnp.where(in_range, count.astype(jnp.int32), 0)
-  votes_with_count = scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.int32), count, 1)
-  values = jnp.arange(k + 1)
-  classes_with_count = jnp.where(values > 0, votes_with_count // jnp.maximum(values, 1), 0)
-  # classes_beating[v] = number of classes with more than v votes.
-  classes_beating = jax.lax.cumsum(classes_with_count, axis=1, reverse=True) - classes_with_count
-  rank = 1 + jnp.take_along_axis(classes_beating, count, axis=-1)
-  group_size = jnp.take_along_axis(classes_with_count, count, axis=-1)
-  num_voted = classes_with_count.sum(-1)
   share = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
+  # classes_with_count[v] = number of classes with exactly v votes (v >= 1).
+  classes_with_count = jnp.round(
+      scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.float32), count, share))
+  more = (jnp.arange(k + 1)[:, None] > jnp.arange(k + 1)[None, :]).astype(jnp.float32)
+  # classes_beating[v] = number of classes with more than v votes; integers in
+  # f32, exact at full precision (TPUs would otherwise multiply in bf16).
+  classes_beating = jnp.dot(classes_with_count, more, precision=jax.lax.Precision.HIGHEST)
+  rank = 1 + jnp.take_along_axis(classes_beating, count, axis=-1).astype(jnp.int32)
+  group_size = jnp.take_along_axis(classes_with_count, count, axis=-1).astype(jnp.int32)
+  num_voted = classes_with_count.sum(-1).astype(jnp.int32)
   shaped = lambda x: x.reshape(*batch_shape, *x.shape[1:])
   return VoteStatistics(shaped(count), shaped(share), shaped(rank), shaped(group_size),
                         shaped(num_voted), shaped(num_voted + 1))
