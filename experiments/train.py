@@ -29,7 +29,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from zipfls_jax.training import loop  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
+  if not flags.FLAGS["verbosity"].present:
+    # Progress goes to stdout; keep the libraries' INFO logs (one screen per
+    # checkpoint) for --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(f"Done: best top-1 {summary['best_top1']:.2f}% at step {summary['step']}"
         + (" (stopped by SIGTERM; rerun to resume)" if summary["preempted"] else ""))

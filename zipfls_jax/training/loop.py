@@ -169,8 +169,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   progress = {"best_top1": 0.0, "best_top1_step": 0}
   if checkpoints.latest_step() is not None:
     state, progress = checkpoints.restore(state)
-    logging.info("Resumed from step %d of %s.", checkpoints.latest_step(), workdir)
+    if config.console:
+      print(f"Resuming {workdir} from step {checkpoints.latest_step()}.", flush=True)
   start_step = int(jax.device_get(state.step))
+  if start_step >= setup.total_steps:
+    checkpoints.close()
+    return {"best_top1": progress["best_top1"], "final_top1": None, "final_top5": None,
+            "step": start_step, "preempted": False}
 
   train_step = parallel.compile_train_step(
       setup.model, setup.tx, setup.objective, mesh, learning_rate_fn=setup.learning_rate_fn,
@@ -219,6 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
       if step % setup.eval_every_steps == 0 or is_last:
         last_eval = evaluate(eval_step, state, make_eval_iter(), mesh)
+        clock.exclude_time_since_last_call()
         if last_eval["top1"] > progress["best_top1"]:
           progress = {"best_top1": last_eval["top1"], "best_top1_step": step}
         writer.write(step, {"eval_top1": last_eval["top1"], "eval_top5": last_eval["top5"],

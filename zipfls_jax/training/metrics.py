@@ -125,6 +125,10 @@ class Progress:
     eta = (now - self._start_time) / done * (self._total - step) if done > 0 else float("nan")
     return {"images_per_sec": images_per_sec, "eta_sec": eta}
 
+  def exclude_time_since_last_call(self) -> None:
+    """Keeps time spent since the last `rates` call (evaluation) out of images/s."""
+    self._last_time = time.perf_counter()
+
   def line(self, step: int, epoch: float, scalars: Mapping[str, Any],
            eta_sec: Optional[float] = None) -> str:
     parts = [f"step {step}/{self._total}", f"epoch {epoch:.2f}"]
