@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 
+from zipfls_jax.training import config as config_lib
+
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the curves as a PNG (optional).")
 
 # SPEC section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
@@ -83,6 +85,38 @@ def load_run(workdir: str) -> Optional[Dict]:
           "key": (config["dataset"], config["model"], method_label(config))}
 
 
+def _flatten(config: Dict, prefix: str = "") -> Dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _mark_variants(runs: List[Dict]) -> None:
+  """Appends '{key=value, ...}' to the method of runs whose configs differ.
+
+  Runs of one table cell may differ only by seed (and by keys that do not
+  change what is computed); otherwise each variant gets its own row, named
+  by the keys that vary.
+  """
+  ignored = {"seed", *config_lib.RESUMABLE_KEYS}
+  groups = collections.defaultdict(list)
+  for run in runs:
+    groups[run["key"]].append(run)
+  for key, members in groups.items():
+    flats = [{k: v for k, v in _flatten(r["config"]).items() if k not in ignored}
+             for r in members]
+    varying = sorted({k for f in flats for k in f if any(g.get(k) != f.get(k) for g in flats)})
+    if not varying:
+      continue
+    for run, flat in zip(members, flats):
+      detail = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+      run["key"] = (*key[:2], f"{key[2]} {{{detail}}}")
+
+
 def find_runs(paths: Sequence[str]) -> List[Dict]:
   """Runs in `paths`: each a workdir or a folder of workdirs."""
   runs = []
@@ -98,6 +132,7 @@ def find_runs(paths: Sequence[str]) -> List[Dict]:
       run = load_run(candidate)
       if run is not None:
         runs.append(run)
+  _mark_variants(runs)
   return runs
 
 
@@ -117,7 +152,7 @@ def markdown_table(runs: Sequence[Dict]) -> str:
            "|---|---|---|---|---|---|---|"]
   for key in sorted(groups):
     dataset, model, method = key
-    base_method = method.split("[")[0]
+    base_method = method.split(" {")[0].split("[")[0]
     paper = PAPER.get(key, ("-", "-")) if method == base_method else ("-", "-")
     name = METHOD_NAMES.get(base_method, base_method) + method[len(base_method):]
     lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model} | {name} | "

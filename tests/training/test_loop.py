@@ -117,7 +117,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   config = tiny_config("cifar100", "cifar_resnet_tiny")
   config_lib.validate_config(config)
   loop.checkpoint_lib.check_workdir_config(str(tmp_path), config.to_dict(),
-                                           ignore=loop.RESUMABLE_KEYS)
+                                           ignore=config_lib.RESUMABLE_KEYS)
   other = tiny_config("cifar100", "cifar_resnet_tiny")
   other.loss.lam = 0.5
   other.log_every_steps = 7  # allowed to change

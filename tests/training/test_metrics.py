@@ -55,6 +55,22 @@ def write_run(root, name, *, dataset, model, method, seed, top1s, distribution="
       f.write(json.dumps({"step": 10 * epoch, "eval_top1": top1, "epoch": epoch}) + "\n")
 
 
+def test_results_sheet_gives_runs_of_other_settings_their_own_row(tmp_path):
+  common = dict(dataset="cifar100", model="cifar_resnet18", method="zipf")
+  write_run(tmp_path, "a", seed=0, top1s=[70.0], **common)
+  write_run(tmp_path, "b", seed=1, top1s=[72.0], **common)
+  write_run(tmp_path, "c", seed=0, top1s=[60.0], **common)
+  config = json.loads((tmp_path / "c" / "config.json").read_text())
+  config["loss"]["lam"] = 1.0
+  config["log_every_steps"] = 5  # does not change what is computed
+  (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+  table = results_sheet.markdown_table(results_sheet.find_runs([str(tmp_path)])).splitlines()
+  assert table[2:] == [
+      "| CIFAR-100 | cifar_resnet18 | Zipf's LS {loss.lam=1.0} | 1 | 60.00 | - | - |",
+      "| CIFAR-100 | cifar_resnet18 | Zipf's LS {loss.lam=None} | 2 | 71.00 ± 1.41 | - | - |",
+  ]
+
+
 def test_results_sheet_table_and_plot(tmp_path):
   common = dict(dataset="cifar100", model="cifar_resnet18")
   write_run(tmp_path, "zipf0", method="zipf", seed=0, top1s=[50.0, 76.0, 75.0], **common)

@@ -13,6 +13,11 @@ import jax
 import ml_collections
 
 DTYPES = ("float32", "bfloat16")
+# Keys that may change between the runs of one workdir (and between the
+# seeds of one results-table cell): they do not change what is computed.
+RESUMABLE_KEYS = ("data_dir", "log_every_steps", "checkpoint_every_steps",
+                  "max_checkpoints_to_keep", "tensorboard", "distributed", "transfer_guard",
+                  "console")
 
 
 def base_config() -> ml_collections.ConfigDict:

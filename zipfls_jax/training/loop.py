@@ -33,11 +33,6 @@ from zipfls_jax.training import optim
 from zipfls_jax.training import parallel
 from zipfls_jax.training.state import TrainState, create_train_state
 
-# Config keys that may change between the runs of one workdir: they do not
-# change what is computed.
-RESUMABLE_KEYS = ("data_dir", "log_every_steps", "checkpoint_every_steps",
-                  "max_checkpoints_to_keep", "tensorboard", "distributed", "transfer_guard",
-                  "console")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -149,12 +144,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     'preempted' (True when SIGTERM stopped the run early).
   """
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
-  config_lib.validate_config(config)
-  if config.distributed:
+  if config.distributed and not jax.distributed.is_initialized():
+    # Before anything asks JAX for its devices (validation counts them).
     jax.distributed.initialize()
+  config_lib.validate_config(config)
   data_dir = config.data_dir or None
   os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
 
   num_train = data.num_examples(config.dataset, "train", data_dir=data_dir)
   setup = build_setup(config, num_train_examples=num_train)
