@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with uniform weight over the non-target classes."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with uniform weight over the
+non-target classes.
+"""
 from experiments.configs import default
 
 

@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with the Zipf term averaged over correctly classified examples only."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with the Zipf term averaged
+over correctly classified examples only.
+"""
 from experiments.configs import default
 
 

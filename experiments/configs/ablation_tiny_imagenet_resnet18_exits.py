@@ -1,4 +1,7 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with multi-exit: votes from the final head and both exits, exit CE weighted by alpha = 1 (not a published run)."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with multi-exit: votes from
+the final head and both exits, exit CE weighted by alpha = 1 (not a published
+run).
+"""
 from experiments.configs import default
 
 

@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with Zipf weights over the ranks of the logits instead of dense votes."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with Zipf weights over the
+ranks of the logits instead of dense votes.
+"""
 from experiments.configs import default
 
 

@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with label smoothing towards the Zipf targets: (1 - eps) onehot + eps q."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with label smoothing towards
+the Zipf targets: (1 - eps) onehot + eps q.
+"""
 from experiments.configs import default
 
 

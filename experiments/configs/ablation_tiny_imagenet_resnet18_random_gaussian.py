@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with |N(0, 1)| weights drawn fresh each step."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with |N(0, 1)| weights drawn
+fresh each step.
+"""
 from experiments.configs import default
 
 

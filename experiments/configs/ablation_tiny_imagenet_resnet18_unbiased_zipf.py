@@ -1,4 +1,6 @@
-"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with the Zipf density integrated over each rank cell."""
+"""Ablation, TinyImageNet, CIFAR ResNet18, Zipf's LS with the Zipf density
+integrated over each rank cell.
+"""
 from experiments.configs import default
 
 

@@ -2,7 +2,8 @@
 
 Importing this package pulls jax, flax, optax and orbax but never TensorFlow
 (the metric writer imports it only when TensorBoard output is asked for).
-The experiment loop is `zipfls_jax.training.loop.train_and_evaluate`.
+The experiment loop is `zipfls_jax.training.loop.train_and_evaluate`; every
+config key it reads is listed in `zipfls_jax.training.config`.
 """
 from zipfls_jax.training.checkpoint import Checkpoints, check_workdir_config
 from zipfls_jax.training.metrics import MetricWriter, Progress, check_finite, read_metrics

@@ -17,7 +17,7 @@ import functools
 import os
 import signal
 import threading
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 import jax
 import jax.numpy as jnp
