@@ -97,6 +97,24 @@ def test_train_stream_is_determined_by_the_seed(fashion_data_dir):
   assert not np.array_equal(a[0]["label"], a[3]["label"])
 
 
+def test_start_step_resumes_the_same_stream(fashion_data_dir):
+  def batches(start_step, count):
+    ds = pipeline.train_dataset(
+        "fashion_mnist", global_batch_size=32, seed=3,
+        data_dir=fashion_data_dir, process_index=0, process_count=2,
+        start_step=start_step)
+    return [b for _, b in zip(range(count), tfds.as_numpy(ds))]
+
+  full = batches(0, 5)
+  # Steps 2-4 cross into the reshuffled second pass (3 batches per pass).
+  for x, y in zip(full[2:], batches(2, 3)):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+  with pytest.raises(ValueError, match="start_step must be >= 0"):
+    pipeline.train_dataset("fashion_mnist", global_batch_size=32,
+                           data_dir=fashion_data_dir, start_step=-1)
+
+
 def test_train_pass_covers_the_process_shard(fashion_data_dir):
   # Whole shard per pass: each label appears as often as in the data.
   ds = pipeline.train_dataset(
@@ -121,7 +139,7 @@ def test_batch_size_must_divide_over_devices(fashion_data_dir):
   with pytest.raises(ValueError, match=r"divisible by the device count \(8\)"):
     data.create_train_iterator("fashion_mnist", global_batch_size=12,
                                data_dir=fashion_data_dir)
-  with pytest.raises(ValueError, match="global_batch_size must be positive"):
+  with pytest.raises(ValueError, match="global_batch_size must be >= 1"):
     data.create_eval_iterator("fashion_mnist", global_batch_size=0,
                               data_dir=fashion_data_dir)
 

@@ -30,12 +30,20 @@ from zipfls_jax.data import sources
 from zipfls_jax.data import specs
 
 
-def _check_positive_int(name: str, value) -> int:
+def _check_int(name: str, value, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-  if value <= 0:
-    raise ValueError(f"{name} must be positive, got {value}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
   return int(value)
+
+
+def _check_positive_int(name: str, value) -> int:
+  return _check_int(name, value, 1)
+
+
+def _check_non_negative_int(name: str, value) -> int:
+  return _check_int(name, value, 0)
 
 
 def _local_batch_size(global_batch_size, process_count: int) -> int:
@@ -181,6 +189,7 @@ def train_dataset(
     split: str = "train",
     process_index: int | None = None,
     process_count: int | None = None,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
   """This process's infinite stream of training batches, as a tf.data.Dataset.
 
@@ -188,6 +197,10 @@ def train_dataset(
   B = global_batch_size // process_count and S = image_size (default: the
   dataset's). `split` is 'train' (the spec's training split) or any tfds
   split string. `process_index`/`process_count` default to JAX's.
+  `start_step` > 0 starts at that batch of the very same stream (to resume
+  a run exactly): the examples before it still pass through the shuffle,
+  which needs them, but are skipped before decoding and augmentation, the
+  costly part.
   """
   spec = specs.get_dataset_spec(name)
   process_index, process_count = _processes(process_index, process_count)
@@ -209,7 +222,10 @@ def train_dataset(
     ds = ds.cache()
   ds = ds.shuffle(spec.shuffle_buffer, seed=stream_seed,
                   reshuffle_each_iteration=True)
-  ds = ds.repeat().enumerate()
+  start_step = _check_non_negative_int("start_step", start_step)
+  # Augmentation seeds come from the enumeration index, so skipping after
+  # `enumerate` leaves every later example exactly as it would have been.
+  ds = ds.repeat().enumerate().skip(start_step * local_batch)
 
   def augment(index, example):
     image, label = example
@@ -300,12 +316,13 @@ def create_train_iterator(
     data_dir=None,
     image_size: int | None = None,
     split: str = "train",
+    start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this process's training batches (NumPy dicts).
 
   See `train_dataset`; each dict is {'image': float32 (B, S, S, C)
   normalised, 'label': int32 (B,)} with B = global_batch_size //
-  jax.process_count().
+  jax.process_count(). `start_step` resumes the stream at that batch.
 
   Raises:
     ValueError: unknown `name`, or `global_batch_size` not divisible by
@@ -315,6 +332,7 @@ def create_train_iterator(
   ds = train_dataset(
       name, global_batch_size=global_batch_size, seed=seed,
       data_dir=data_dir, image_size=image_size, split=split,
+      start_step=start_step,
   )
   return iter(tfds.as_numpy(ds))
 

@@ -178,13 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       batch_norm=config.batch_norm)
   eval_step = parallel.compile_eval_step(setup.model, mesh)
   image_size = setup.image_shape[0]
+  # The stream is a fixed function of the seed: starting it at the resumed
+  # step gives the batches an uninterrupted run would have seen.
   train_iter = data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      data_dir=data_dir, image_size=image_size)
-  # The stream is a fixed function of the seed: replaying it to the resumed
-  # step gives the batches an uninterrupted run would have seen.
-  for _ in range(start_step):
-    next(train_iter)
+      data_dir=data_dir, image_size=image_size, start_step=start_step)
   make_eval_iter = functools.partial(
       data.create_eval_iterator, config.dataset, global_batch_size=config.eval_batch_size,
       data_dir=data_dir, image_size=image_size)
