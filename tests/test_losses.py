@@ -46,6 +46,18 @@ def test_terms_match_reference(n, c, k, use_votes):
   np.testing.assert_array_equal(terms.correct, np.argmax(logits, -1) == labels)
 
 
+class JitAndEagerTest(chex.TestCase):
+  """The same values traced and run op by op."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_loss_matches_reference(self):
+    logits, labels, votes = _problem(6, 30, 12, seed=17)
+    loss = self.variant(lambda z, y, v: zipfls_jax.zipf_label_smoothing_loss(
+        z, y, votes=v, lam=0.1))(logits, labels, votes)
+    ce, kl = _reference_terms(logits, labels, votes)
+    np.testing.assert_allclose(loss, ce + 0.1 * kl, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name,kw", [
     ("zipf", {"power": 1.7}),
     ("constant", {}),
