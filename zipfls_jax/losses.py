@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from zipfls_jax import ranks, targets, validation
-from zipfls_jax.scatter import scatter_add_rows, scatter_set_rows
+from zipfls_jax.scatter import scatter_add_rows
 
 
 class ZipfTerms(NamedTuple):
@@ -76,9 +76,10 @@ def _vote_soft_targets(votes: jax.Array, labels: jax.Array, num_classes: int,
                                  group_size=stats.group_size)
   d_unvoted = targets.rank_weights(stats.unvoted_rank, num_classes=num_classes,
                                    distribution=dist, group_size=num_unvoted)
-  is_label_vote = (votes == labels[:, None]) & (stats.share > 0)
-  share = jnp.where(is_label_vote, 0.0, stats.share)     # voted non-target classes, once each
-  num_other_unvoted = num_unvoted - (~jnp.any(is_label_vote, axis=-1)).astype(jnp.int32)
+  share = jnp.where(votes == labels[:, None], 0.0, stats.share)   # voted non-targets, once each
+  label_count = jnp.take_along_axis(stats.counts, labels[:, None], axis=-1, mode="fill",
+                                    fill_value=0)[:, 0]
+  num_other_unvoted = num_unvoted - (label_count == 0).astype(jnp.int32)
 
   def normaliser(d_voted, d_unvoted):
     return num_other_unvoted * d_unvoted + (share * d_voted).sum(-1)
@@ -118,12 +119,12 @@ def _exp_rest(logits, labels, label_logit):
     exp_rest = jnp.exp(jnp.where(is_label(), -jnp.inf, logits - m))
     return m, exp_rest, exp_rest.sum(-1)
 
+  def exact():
+    return shifted(jnp.where(is_label(), -jnp.inf, logits).max(-1, keepdims=True))
+
   m, exp_rest, sum_rest = shifted(jnp.where(jnp.isfinite(label_logit), label_logit, 0.0))
   unsafe = ~((sum_rest >= _TINY_SUM) & (sum_rest <= _HUGE_SUM))
-  return jax.lax.cond(
-      jnp.any(unsafe),
-      lambda: shifted(jnp.where(is_label(), -jnp.inf, logits).max(-1, keepdims=True)),
-      lambda: (m, exp_rest, sum_rest))
+  return jax.lax.cond(jnp.any(unsafe), exact, lambda: (m, exp_rest, sum_rest))
 
 
 def _forward(logits, labels, soft):
@@ -177,8 +178,9 @@ def _ce_and_kl_bwd(residuals, cotangents):
   # with p_y = sigmoid(z_y - lse_rest), and d KL = 0.
   p_label = jax.nn.sigmoid(label_logit - log_sumexp_rest)
   scale = (g_ce * (1.0 - p_label) + g_kl) * jnp.exp(-log_sumexp_rest)
-  grad = exp_rest * scale[:, None] - g_kl[:, None] * soft.base
-  grad = scatter_set_rows(grad, labels[:, None], (g_ce * (p_label - 1.0))[:, None])
+  is_label = jnp.arange(exp_rest.shape[-1]) == labels[:, None]   # fused, never stored
+  grad = jnp.where(is_label, (g_ce * (p_label - 1.0))[:, None],
+                   exp_rest * scale[:, None] - g_kl[:, None] * soft.base)
   grad = scatter_add_rows(grad, soft.ids, -g_kl[:, None] * soft.delta)
   return grad, None, None
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zipfls_jax import validation
 from zipfls_jax.scatter import scatter_add_rows
@@ -104,6 +105,8 @@ class VoteStatistics(NamedTuple):
     num_voted: (...,) number of distinct voted classes.
     unvoted_rank: (...,) the rank shared by every unvoted class,
       num_voted + 1; their tie group has C - num_voted classes.
+    counts: (..., C) the vote histogram (`vote_counts`), in the narrowest
+      unsigned dtype that holds K.
   """
   count: jax.Array
   share: jax.Array
@@ -111,6 +114,7 @@ class VoteStatistics(NamedTuple):
   group_size: jax.Array
   num_voted: jax.Array
   unvoted_rank: jax.Array
+  counts: jax.Array
 
 
 def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
@@ -137,7 +141,8 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   # classes_with_count[v] = number of classes with exactly v votes (v >= 1).
   classes_with_count = jnp.round(
       scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.float32), count, share))
-  more = (jnp.arange(k + 1)[:, None] > jnp.arange(k + 1)[None, :]).astype(jnp.float32)
+  # A literal, not iota arithmetic that would rerun on every call.
+  more = np.tril(np.ones((k + 1, k + 1), np.float32), -1)   # more[u, v] = u > v
   # classes_beating[v] = number of classes with more than v votes; integers in
   # f32, exact at full precision (TPUs would otherwise multiply in bf16).
   classes_beating = jnp.dot(classes_with_count, more, precision=jax.lax.Precision.HIGHEST)
@@ -146,4 +151,4 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   num_voted = classes_with_count.sum(-1).astype(jnp.int32)
   shaped = lambda x: x.reshape(*batch_shape, *x.shape[1:])
   return VoteStatistics(shaped(count), shaped(share), shaped(rank), shaped(group_size),
-                        shaped(num_voted), shaped(num_voted + 1))
+                        shaped(num_voted), shaped(num_voted + 1), counts)

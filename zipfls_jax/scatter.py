@@ -18,15 +18,6 @@ def scatter_add_rows(operand: jax.Array, ids: jax.Array, updates) -> jax.Array:
 
   Out-of-range ids (>= X) are dropped.
   """
-  return _scatter_rows(operand, ids, updates, "add")
-
-
-def scatter_set_rows(operand: jax.Array, ids: jax.Array, updates) -> jax.Array:
-  """operand[b, ids[b, k]] = updates[b, k]; out-of-range ids are dropped."""
-  return _scatter_rows(operand, ids, updates, "set")
-
-
-def _scatter_rows(operand, ids, updates, op):
   rows = jnp.arange(ids.shape[0])[:, None]
   sharding = getattr(jax.typeof(ids), "sharding", None)
   kwargs = {}
@@ -34,4 +25,4 @@ def _scatter_rows(operand, ids, updates, op):
       and AxisType.Explicit in sharding.mesh.axis_types):
     batch_spec = sharding.spec[0] if len(sharding.spec) else None
     kwargs["out_sharding"] = NamedSharding(sharding.mesh, PartitionSpec(batch_spec, None))
-  return getattr(operand.at[rows, ids], op)(updates, mode="drop", **kwargs)
+  return operand.at[rows, ids].add(updates, mode="drop", **kwargs)
