@@ -11,7 +11,8 @@
 #    ResNet) read straight from the IDX files, no tfds: from
 #    $FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist (Debian's
 #    dataset-fashion-mnist), else the part is skipped with a note.
-# Prints one Markdown table. Needs jax, flax, optax, chex (no TensorFlow).
+# Prints one Markdown table last and, when $OUT is set (the device tool),
+# writes it to $OUT/gpu_check.md. Needs jax, flax, optax, chex (no TensorFlow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}"
@@ -140,9 +141,13 @@ else:
                f"{accuracies['ce'][0]:.2f} ({accuracies['ce'][1]:,.0f} img/s)",
                f"{accuracies['zipf'][0]:.2f} ({accuracies['zipf'][1]:,.0f} img/s)", "-"))
 
+table = ["| check | CE | Zipf's LS | CE / Zipf (throughput) |", "|---|---|---|---|"]
+table += ["| " + " | ".join(row) + " |" for row in rows]
+header = f"{device.device_kind} x{jax.device_count()}, jax {jax.__version__}, {time.strftime('%Y-%m-%d')}"
+if os.environ.get("OUT"):  # the device tool brings back what lands under $OUT
+  with open(os.path.join(os.environ["OUT"], "gpu_check.md"), "w") as f:
+    f.write(header + "\n\n" + "\n".join(table) + "\n")
 print()
-print("| check | CE | Zipf's LS | CE / Zipf (throughput) |")
-print("|---|---|---|---|")
-for row in rows:
-  print("| " + " | ".join(row) + " |")
+print(header)
+print("\n".join(table))
 EOF
