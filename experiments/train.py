@@ -10,6 +10,7 @@ every host with `--config.distributed=True`. The logic lives in
 `zipfls_jax.training.loop`; this file only parses flags.
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,7 +34,14 @@ def main(argv):
     # Progress goes to stdout; keep the libraries' INFO logs (one screen per
     # checkpoint) for --verbosity=0.
     logging.set_verbosity(logging.WARNING)
-  summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as error:
+    # Missing data, a bad config value, a workdir of another config, NaN:
+    # the message says what to do; the traceback is for --verbosity=1.
+    if flags.FLAGS.verbosity >= 1:
+      raise
+    sys.exit(f"error: {error}\n(rerun with --verbosity=1 for the traceback)")
   print(f"Done: best top-1 {summary['best_top1']:.2f}% at step {summary['step']}"
         + (" (stopped by SIGTERM; rerun to resume)" if summary["preempted"] else ""))
 

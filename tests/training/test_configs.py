@@ -80,3 +80,15 @@ def test_entry_point_names_a_bad_override_key():
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
   assert "lamda" in result.stderr
+
+
+def test_entry_point_reports_missing_data_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.train",
+       f"--config={os.path.join(CONFIG_DIR, 'cifar100_resnet18_zipf.py')}",
+       f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'no_data'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert "error: Dataset 'cifar100' is not prepared" in result.stderr
+  assert "zipfls_jax.data.prepare --dataset=cifar100" in result.stderr
+  assert "Traceback" not in result.stderr
