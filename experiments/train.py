@@ -36,7 +36,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, FloatingPointError, ValueError) as error:
     # Missing data, a bad config value, a workdir of another config, NaN:
     # the message says what to do; the traceback is for --verbosity=1.
     if flags.FLAGS.verbosity >= 1:
