@@ -92,7 +92,8 @@ def _vote_soft_targets(votes: jax.Array, labels: jax.Array, num_classes: int,
   total = normaliser(d_voted, d_unvoted)
   q_voted = d_voted / total[:, None]
   q_unvoted = d_unvoted / total
-  entropy = num_other_unvoted * xlogy(q_unvoted, q_unvoted) + (share * xlogy(q_voted, q_voted)).sum(-1)
+  entropy = (num_other_unvoted * xlogy(q_unvoted, q_unvoted)
+             + (share * xlogy(q_voted, q_voted)).sum(-1))
   delta = share * (q_voted - q_unvoted[:, None])
   return jax.lax.stop_gradient(_SoftTargets(q_unvoted[:, None], votes, delta, entropy))
 

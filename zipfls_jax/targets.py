@@ -62,7 +62,8 @@ class Distribution:
       validation.check_positive("lower_bound", self.lower_bound)
       if self.upper_bound is not None and not self.upper_bound > self.lower_bound:
         raise ValueError(
-            f"`upper_bound` must exceed `lower_bound` = {self.lower_bound}; got {self.upper_bound}.")
+            f"`upper_bound` must exceed `lower_bound` = {self.lower_bound}; "
+            f"got {self.upper_bound}.")
 
 
 def rank_weights(rank: jax.Array,

@@ -28,7 +28,8 @@ def check_num_classes(name: str, shape) -> int:
     raise ValueError(f"`{name}` must have a trailing class axis of size C >= 2, got a scalar.")
   num_classes = shape[-1]
   if num_classes < 2:
-    raise ValueError(f"`{name}` must have C >= 2 classes on its last axis, got shape {tuple(shape)}.")
+    raise ValueError(
+        f"`{name}` must have C >= 2 classes on its last axis, got shape {tuple(shape)}.")
   return num_classes
 
 
