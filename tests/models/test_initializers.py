@@ -35,23 +35,42 @@ def test_imagenet_resnet_convs_are_kaiming_normal_fan_out(resnet_params):
 
 def test_cifar_convs_and_heads_are_pytorch_defaults(cifar_params):
   # PyTorch default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
-  kernel = np.asarray(cifar_params["stage4_block1"]["conv2"]["kernel"])  # 3x3, 64 -> 64
-  bound = 1.0 / math.sqrt(9 * 64)
+  kernel = np.asarray(cifar_params["stage4_block1"]["conv1"]["kernel"])  # 3x3, 32 -> 64
+  assert kernel.shape == (3, 3, 32, 64)
+  bound = 1.0 / math.sqrt(9 * 32)
   assert np.abs(kernel).max() <= bound
   np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3.0), rtol=0.05)
   bias = np.asarray(cifar_params["head"]["bias"])
   assert np.abs(bias).max() <= 1.0 / math.sqrt(64) and np.abs(bias).max() > 0
 
 
-@pytest.mark.parametrize("which", ["resnet", "cifar"])
-def test_zero_init_residual_zeroes_each_branch_last_bn_only(which, resnet_params, cifar_params):
-  params = resnet_params if which == "resnet" else cifar_params
-  last_bn = "bn2"  # BasicBlock and PreActBlock both end their branch with bn2
-  blocks = [k for k in params if k.startswith("stage")]
+def test_zero_init_residual_zeroes_each_basic_branch_last_bn_only(resnet_params):
+  blocks = [k for k in resnet_params if k.startswith("stage")]
   assert len(blocks) == 4
   for block in blocks:
-    np.testing.assert_array_equal(params[block][last_bn]["scale"], 0.0)
-    np.testing.assert_array_equal(params[block]["bn1"]["scale"], 1.0)
+    np.testing.assert_array_equal(resnet_params[block]["bn2"]["scale"], 0.0)
+    np.testing.assert_array_equal(resnet_params[block]["bn1"]["scale"], 1.0)
+
+
+def test_zero_init_residual_preact_branches_start_at_zero_and_still_learn(cifar_params):
+  # A pre-activation branch ends in conv2: its kernel is zeroed, not bn2's
+  # scale, which feeds a ReLU whose gradient at 0 would keep the branch dead.
+  blocks = [k for k in cifar_params if k.startswith("stage")]
+  assert len(blocks) == 4
+  for block in blocks:
+    np.testing.assert_array_equal(cifar_params[block]["conv2"]["kernel"], 0.0)
+    np.testing.assert_array_equal(cifar_params[block]["bn2"]["scale"], 1.0)
+  model = get_model("cifar_resnet_tiny", num_classes=10, zero_init_residual=True)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+
+  def loss(params):
+    # Train mode normalises with batch statistics: no running ones needed.
+    out, _ = model.apply({"params": params}, images, train=True, mutable=["batch_stats"])
+    return jnp.sum(out.logits ** 2)
+
+  grads = jax.jit(jax.grad(loss))(cifar_params)
+  for block in blocks:
+    assert np.abs(np.asarray(grads[block]["conv2"]["kernel"])).max() > 0, block
 
 
 def test_bottleneck_zero_init_is_its_bn3_and_off_by_default():

@@ -40,10 +40,12 @@ class PreActBlock(nn.Module):
     else:
       shortcut = x
     y = self.conv(self.features, 3, strides=self.strides, name="conv1")(o)
-    # Zero scale on the branch's last BN makes the whole branch start at 0.
-    scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    y = nn.relu(self.norm(name="bn2", scale_init=scale_init)(y))
-    y = self.conv(self.features, 3, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    # The branch ends in a conv, not a BN: zeroing its kernel starts the branch
+    # at 0 and still lets it learn. A zero BN scale before the ReLU would not:
+    # ReLU's gradient at 0 is 0, so the branch would stay dead for good.
+    extra = {"kernel_init": nn.initializers.zeros} if self.zero_init_residual else {}
+    y = self.conv(self.features, 3, name="conv2", **extra)(y)
     return y + shortcut
 
 
@@ -60,7 +62,8 @@ class CifarResNet(nn.Module):
     vote_upsample: None or the bilinear factor for voting (SPEC 1.1).
     dtype: computation dtype; parameters stay float32, logits are float32.
     bn_axis_name: axis to average BN batch statistics over (shard_map / pmap).
-    zero_init_residual: zero the last BN scale of every residual branch.
+    zero_init_residual: start every residual branch at zero (a zero kernel
+      on its last conv), so each block starts as its shortcut.
   """
   stage_sizes: Sequence[int]
   num_classes: int

@@ -89,7 +89,9 @@ class ResNet(nn.Module):
     num_classes: C.
     base_features: width of the stem and of the first stage (doubles per stage).
     groups, width_per_group: ResNeXt cardinality and width (Bottleneck only).
-    vote_upsample, dtype, bn_axis_name, zero_init_residual: as `CifarResNet`.
+    vote_upsample, dtype, bn_axis_name: as `CifarResNet`.
+    zero_init_residual: zero scale on the last BN of every residual branch
+      (torchvision's option), so each block starts as its shortcut.
   """
   stage_sizes: Sequence[int]
   block_cls: Any
