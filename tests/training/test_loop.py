@@ -113,6 +113,27 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
   assert steps == [1, 2, 3, 4]
 
 
+def test_sigterm_sets_the_flag_with_one_process_and_the_handler_is_restored():
+  before = signal.getsignal(signal.SIGTERM)
+  with loop._PreemptionFlag() as flag:
+    assert not flag.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert flag.should_stop(2)
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_several_processes_leave_sigterm_to_the_preemption_service(monkeypatch):
+  # A Python handler would replace JAX's preemption notifier: each host
+  # would then stop at its own step and the collective save would hang.
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 5)
+  before = signal.getsignal(signal.SIGTERM)
+  with loop._PreemptionFlag() as flag:
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [flag.should_stop(step) for step in (4, 5, 6)] == [False, True, False]
+
+
 def test_workdir_of_another_config_is_refused(tmp_path):
   config = tiny_config("cifar100", "cifar_resnet_tiny")
   config_lib.validate_config(config)

@@ -87,14 +87,22 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM (TPU preemption, `kill`); checked once per step."""
+  """Whether to save and stop after this step: SIGTERM (TPU preemption, `kill`).
+
+  With one process, a Python SIGTERM handler sets a flag checked once per
+  step. With several, JAX's preemption service (started by
+  `jax.distributed.initialize`) owns SIGTERM and picks a step every host
+  reaches, so that all save together; a Python handler here would replace
+  its signal handler and let each host stop at its own step, hanging the
+  collective save.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -109,9 +117,8 @@ class _PreemptionFlag:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      # Every host must agree on the step to save at, or the save would hang.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
 
