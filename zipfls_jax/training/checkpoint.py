@@ -50,6 +50,10 @@ class Checkpoints:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
+  def is_due(self, step: int) -> bool:
+    """Whether `save` writes at `step` without being forced."""
+    return step % self._every_steps == 0
+
   def save(self, step: int, state: TrainState, progress: Dict[str, Any], *,
            force: bool = False) -> bool:
     """Saves `state` (which is at `step`) when due or forced; returns whether it did.
@@ -57,7 +61,7 @@ class Checkpoints:
     `step` is passed by the caller, who knows it, so that deciding not to
     save costs no device-to-host transfer.
     """
-    if not (force or step % self._every_steps == 0) or step in self._manager.all_steps():
+    if not (force or self.is_due(step)) or step in self._manager.all_steps():
       return False
     return self._manager.save(
         step,

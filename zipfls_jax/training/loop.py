@@ -212,8 +212,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       epoch = step / setup.steps_per_epoch
       is_last = step == setup.total_steps
       stop = flag.should_stop(step)
+      save = is_last or stop or checkpoints.is_due(step)
 
-      if step % config.log_every_steps == 0 or is_last or stop:
+      # Also at every save, so no checkpoint follows a NaN loss unchecked.
+      if step % config.log_every_steps == 0 or save:
         scalars = _mean_metrics(history)
         history = []
         metrics_lib.check_finite(scalars, step)
@@ -235,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 f"top5 {last_eval['top5']:.2f} | best top1 {progress['best_top1']:.2f}",
                 flush=True)
 
-      checkpoints.save(step, state, progress, force=is_last or stop)
+      if save:
+        checkpoints.save(step, state, progress, force=True)
       if stop and not is_last:
         preempted = True
         logging.warning("Stopped at step %d after SIGTERM; rerun the same command to resume.",
