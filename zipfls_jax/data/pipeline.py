@@ -108,6 +108,23 @@ def _options() -> tf.data.Options:
   return options
 
 
+def _crop_window(image, spec: specs.DatasetSpec, window_fn):
+  """The `window_fn(height, width)` window of an example's image, uint8.
+
+  JPEG datasets keep encoded bytes: the size comes from the header and only
+  the window is decoded. Others arrive decoded and are sliced.
+  """
+  if spec.jpeg:
+    height, width = tf.unstack(
+        preprocessing.encoded_image_shape(image, channels=spec.channels)
+    )
+    return preprocessing.decode_and_crop(
+        image, window_fn(height, width), channels=spec.channels
+    )
+  shape = tf.shape(image)
+  return preprocessing.crop(image, window_fn(shape[0], shape[1]))
+
+
 def train_preprocess(image, seed, spec: specs.DatasetSpec, size: int):
   """One training example: the dataset's augmentation, then normalisation.
 
@@ -125,20 +142,9 @@ def train_preprocess(image, seed, spec: specs.DatasetSpec, size: int):
         image, crop_seed, size=size, padding=spec.padding
     )
   elif spec.train_augmentation == specs.RANDOM_RESIZED_CROP_FLIP:
-    if spec.jpeg:
-      height, width = tf.unstack(
-          preprocessing.encoded_image_shape(image, channels=spec.channels)
-      )
-      window = preprocessing.random_resized_crop_window(height, width, crop_seed)
-      image = preprocessing.decode_and_crop(
-          image, window, channels=spec.channels
-      )
-    else:
-      shape = tf.shape(image)
-      window = preprocessing.random_resized_crop_window(
-          shape[0], shape[1], crop_seed
-      )
-      image = preprocessing.crop(image, window)
+    image = _crop_window(
+        image, spec,
+        lambda h, w: preprocessing.random_resized_crop_window(h, w, crop_seed))
     image = preprocessing.resize(image, size)
   else:
     raise ValueError(f"Unknown augmentation {spec.train_augmentation!r}.")
@@ -151,28 +157,17 @@ def train_preprocess(image, seed, spec: specs.DatasetSpec, size: int):
 def eval_preprocess(image, spec: specs.DatasetSpec, size: int):
   """One evaluation example, deterministic: resize/crop, normalise."""
   if spec.eval_preprocessing == specs.EVAL_RESIZE_CENTER_CROP:
-    if spec.jpeg:
-      height, width = tf.unstack(
-          preprocessing.encoded_image_shape(image, channels=spec.channels)
-      )
-      window = preprocessing.center_crop_window(
-          height, width, fraction=spec.eval_crop_fraction
-      )
-      image = preprocessing.decode_and_crop(
-          image, window, channels=spec.channels
-      )
-    else:
-      shape = tf.shape(image)
-      window = preprocessing.center_crop_window(
-          shape[0], shape[1], fraction=spec.eval_crop_fraction
-      )
-      image = preprocessing.crop(image, window)
+    image = _crop_window(
+        image, spec,
+        lambda h, w: preprocessing.center_crop_window(
+            h, w, fraction=spec.eval_crop_fraction))
     image = preprocessing.resize(image, size)
-  elif spec.eval_preprocessing == specs.EVAL_RESIZE or (
-      image.shape[0] != size or image.shape[1] != size
-  ):
+  elif spec.eval_preprocessing == specs.EVAL_RESIZE:
     image = preprocessing.resize(image, size)
-  elif spec.eval_preprocessing != specs.EVAL_AS_IS:
+  elif spec.eval_preprocessing == specs.EVAL_AS_IS:
+    if image.shape[0] != size or image.shape[1] != size:
+      image = preprocessing.resize(image, size)
+  else:
     raise ValueError(f"Unknown eval preprocessing {spec.eval_preprocessing!r}.")
   image = preprocessing.to_normalized_float(image, spec.mean, spec.std)
   image.set_shape([size, size, spec.channels])
