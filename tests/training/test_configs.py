@@ -72,6 +72,21 @@ def test_recipes_follow_spec_section_6(name, lam, upsample, batch, epochs, sched
   assert config.loss.method == "zipf" and config.loss.rank_by == "votes"
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("lr_schedule", "linear", r"config\.lr_schedule must be one of .*got 'linear'"),
+    ("lr_decay_at", (0.5, 1.5), r"config\.lr_decay_at must hold fractions .*got \(0\.5, 1\.5\)"),
+    ("learning_rate", -0.1, r"config\.learning_rate must be > 0, got -0\.1"),
+    ("lr_decay_every_epochs", 0.0, r"config\.lr_decay_every_epochs must be > 0, got 0\.0"),
+    ("momentum", -0.9, r"config\.momentum must be >= 0, got -0\.9"),
+    ("image_size", -32, r"config\.image_size must be >= 0, got -32"),
+])
+def test_bad_values_name_the_config_key(key, value, match):
+  config = load(os.path.join(CONFIG_DIR, "cifar100_resnet18_zipf.py"))
+  config[key] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(config)
+
+
 def test_entry_point_names_a_bad_override_key():
   result = subprocess.run(
       [sys.executable, "-m", "experiments.train",

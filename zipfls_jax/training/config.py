@@ -88,7 +88,7 @@ def validate_config(config: ml_collections.ConfigDict,
   Raises:
     ValueError: naming each unknown or missing key, or the bad value.
   """
-  from zipfls_jax.training import objective, parallel  # pylint: disable=g-import-not-at-top
+  from zipfls_jax.training import objective, optim, parallel  # pylint: disable=g-import-not-at-top
   reference = base_config() if reference is None else reference
   unknown, missing = [], []
   _compare_keys(config.to_dict(), reference.to_dict(), "config", unknown, missing)
@@ -112,8 +112,18 @@ def validate_config(config: ml_collections.ConfigDict,
                        "devices (it is the global batch, split evenly).")
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ValueError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
-  if config.eval_every_epochs <= 0:
-    raise ValueError(f"config.eval_every_epochs must be > 0, got {config.eval_every_epochs}.")
+  for key in ("eval_every_epochs", "learning_rate", "lr_decay_factor", "lr_decay_every_epochs"):
+    if config[key] <= 0:
+      raise ValueError(f"config.{key} must be > 0, got {config[key]}.")
+  for key in ("momentum", "weight_decay", "warmup_epochs", "image_size", "vote_upsample"):
+    if config[key] < 0:
+      raise ValueError(f"config.{key} must be >= 0, got {config[key]}.")
+  if config.lr_schedule not in optim.SCHEDULES:
+    raise ValueError(f"config.lr_schedule must be one of {optim.SCHEDULES}, "
+                     f"got {config.lr_schedule!r}.")
+  if not all(0.0 < f < 1.0 for f in config.lr_decay_at):
+    raise ValueError("config.lr_decay_at must hold fractions of training in (0, 1), "
+                     f"got {tuple(config.lr_decay_at)}.")
   objective.Objective.from_config(config.loss)
 
 
