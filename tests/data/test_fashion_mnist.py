@@ -82,8 +82,8 @@ def test_manual_dir_idx_files_are_found(tmp_path, monkeypatch):
 
 def test_command_line(fashion_data_dir):
   out = subprocess.run(
-      [sys.executable, "-m", "zipfls_jax.data.prepare_fashion_mnist",
-       f"--data_dir={fashion_data_dir}", "--noallow_apt"],
+      [sys.executable, "-m", "zipfls_jax.data.prepare",
+       "--dataset=fashion_mnist", f"--data_dir={fashion_data_dir}"],
       capture_output=True, text=True, check=True,
       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
   assert "fashion_mnist ready in" in out.stdout

@@ -6,9 +6,9 @@
       ...  # batch['image'], batch['label'], batch['mask']
 
 Datasets must be prepared first: `prepare_dataset(name, data_dir=...)` or
-`python -m zipfls_jax.data.prepare --dataset=NAME --data_dir=DIR`;
-Fashion-MNIST also offline with `prepare_fashion_mnist(data_dir)` or
-`python -m zipfls_jax.data.prepare_fashion_mnist --data_dir=DIR`.
+`python -m zipfls_jax.data.prepare --dataset=NAME --data_dir=DIR`
+(Fashion-MNIST works offline too; `prepare_fashion_mnist(data_dir)` adds
+its source options).
 
 `get_dataset_spec` and `DATASET_NAMES` are plain metadata; TensorFlow and
 tfds are imported (and GPUs hidden from TensorFlow) only when a pipeline,

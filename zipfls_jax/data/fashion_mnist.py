@@ -188,7 +188,7 @@ def prepare_fashion_mnist(
         f" {manual_dir};\n"
         "  * copy a prepared `fashion_mnist/` folder into"
         f" {data_dir};\n"
-        "then run: python -m zipfls_jax.data.prepare_fashion_mnist"
+        "then run: python -m zipfls_jax.data.prepare --dataset=fashion_mnist"
         f" --data_dir={data_dir}"
     )
   local = _IdxFashionMNIST(idx_files=idx_files, data_dir=data_dir)

@@ -2,7 +2,8 @@
 
     python -m zipfls_jax.data.prepare --dataset=tiny_imagenet --data_dir=DIR
 
-Wraps `zipfls_jax.data.prepare_dataset`; only an entry point.
+Wraps `zipfls_jax.data.prepare_dataset`; only an entry point. For
+fashion_mnist, `--manual_dir` may name a folder with the four IDX files.
 """
 from absl import app
 from absl import flags
@@ -14,8 +15,8 @@ _DATASET = flags.DEFINE_enum(
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir.")
 _MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Folder with manual downloads "
-    "(default: <data_dir>/downloads/manual)."
+    "manual_dir", None, "Folder with manual downloads, or with the IDX files"
+    " for fashion_mnist (default: <data_dir>/downloads/manual)."
 )
 
 

@@ -56,8 +56,7 @@ def missing_data_error(name: str, data_dir=None) -> FileNotFoundError:
   )
   if name == "fashion_mnist":
     how = (
-        "Run `python -m zipfls_jax.data.prepare_fashion_mnist"
-        f" --data_dir={root}`; it works offline from the Debian package"
+        f"Run `{prepare}`; it works offline from the Debian package"
         f" {fashion_mnist.DEBIAN_PACKAGE} and downloads only with internet."
     )
   elif name == "cifar100":
