@@ -5,7 +5,9 @@ PRNG key stored as raw key data, which every orbax version can write) plus a
 small JSON record of loop progress (best top-1 so far). Restoring into the
 shapes and shardings of a freshly built state makes a resumed run continue
 exactly. `check_workdir_config` refuses to reuse a workdir written with a
-different config. This module must not build models or read data.
+different config. Paths go through `etils.epath`, so a workdir may be a
+bucket (gs://...) shared by the hosts of a multi-host run. This module must
+not build models or read data.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from zipfls_jax.training.state import TrainState
 
@@ -44,7 +47,10 @@ class Checkpoints:
     # `save` returns, so nothing may still be reading it in the background.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    directory = epath.Path(directory)
+    if not directory.is_absolute():  # os.path.abspath would mangle gs://...
+      directory = epath.Path(os.path.abspath(directory))
+    self._manager = ocp.CheckpointManager(directory, options=options,
                                           item_names=("state", "progress"))
 
   def latest_step(self) -> Optional[int]:
@@ -114,17 +120,19 @@ def check_workdir_config(workdir: str, config: Dict[str, Any], *,
     ValueError: the workdir holds a run of a different config; the message
       lists each differing key with both values.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = epath.Path(workdir) / CONFIG_FILE
   current = json.loads(json.dumps(config, sort_keys=True, default=str))
-  if jax.process_index() == 0 and not os.path.exists(path):
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+  if jax.process_index() == 0 and not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole, then renamed: a run killed mid-write leaves no truncated
+    # config.json that would make every later rerun fail to parse it.
+    partial = path.with_name(CONFIG_FILE + ".tmp")
+    partial.write_text(json.dumps(current, indent=2, sort_keys=True))
+    partial.replace(path)
     return
-  if not os.path.exists(path):
+  if not path.exists():
     return
-  with open(path) as f:
-    previous = json.load(f)
+  previous = json.loads(path.read_text())
   ignore = set(ignore)
   diffs = []
   for key in sorted(set(previous) | set(current)):

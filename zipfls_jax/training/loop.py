@@ -156,7 +156,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     jax.distributed.initialize()
   config_lib.validate_config(config)
   data_dir = config.data_dir or None
-  os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
 
   num_train = data.num_examples(config.dataset, "train", data_dir=data_dir)

@@ -17,6 +17,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 import jax
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -36,8 +37,8 @@ class MetricWriter:
     self._file = None
     if not self._active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    self._file = (epath.Path(workdir) / METRICS_FILE).open("a")
     if tensorboard:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.set_visible_devices([], "GPU")
@@ -91,11 +92,10 @@ def check_finite(scalars: Mapping[str, Any], step: int) -> None:
 
 def read_metrics(workdir: str) -> list:
   """All records of `<workdir>/metrics.jsonl`, in order (empty if none)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Progress:
