@@ -86,7 +86,7 @@ def check_labels(labels, num_classes: int) -> None:
     ...   return labels
     >>> err, _ = jax.jit(checkify.checkify(f))(jnp.array([3, 12]))
     >>> err.get()
-    'labels must lie in [0, 10): got a label outside that range (at ...)'
+    'labels must lie in [0, 10): got a label outside that range (`check` failed)'
   """
   labels = jnp.asarray(labels)
   check_int("labels", labels)
