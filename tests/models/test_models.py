@@ -14,7 +14,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tests.models import numpy_reference as ref
 from zipfls_jax.models import get_model
-from zipfls_jax.models.layers import BN_MOMENTUM
 
 # name -> (image side, has exits). ImageNet-style variants divide by 32, so
 # they get 64x64 inputs to keep a 2x2 final map with a non-trivial resize.
@@ -43,8 +42,8 @@ def run(request):
   model = get_model(name, num_classes=NUM_CLASSES, exits=exits, vote_exits=exits, vote_upsample=2)
   images = images_for(name)
   variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(images)
-  # Zero running statistics: after one update they hold exactly
-  # (1 - momentum) * the batch statistics, which the eval test reads back.
+  # Zero running statistics: after one update they hold exactly 0.1 (PyTorch's
+  # momentum) times the batch statistics, which the eval test reads back.
   zero_stats = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
   train_apply = jax.jit(lambda v, x: model.apply(
       v, x, train=True, votes=True, mutable=["batch_stats", "intermediates"]))
@@ -91,7 +90,8 @@ def test_logits_and_votes_match_numpy_heads(run, mode):
 def test_train_and_eval_differ_only_in_batch_norm(run):
   """Eval with running statistics set to the batch's equals train mode."""
   new_stats = run["train_state"]["batch_stats"]
-  batch_stats = jax.tree.map(lambda s: s / (1.0 - BN_MOMENTUM), new_stats)
+  # PyTorch's momentum 0.1: from zero, one update leaves 0.1 * the batch's.
+  batch_stats = jax.tree.map(lambda s: s / 0.1, new_stats)
   eval_out, _ = run["eval_apply"]({"params": run["variables"]["params"], "batch_stats": batch_stats},
                                   run["images"])
   train_out = run["train_out"]
