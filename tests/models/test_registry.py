@@ -135,3 +135,15 @@ def test_bad_images_raise(images, error):
   model = get_model("cifar_resnet_tiny", num_classes=10)
   with pytest.raises(error, match="images"):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("cifar_resnet_tiny", dict(exits=True, exit_stages=(1, 4)), "exit_stages"),
+    ("cifar_densenet_tiny", dict(exits=True, exit_blocks=(3,)), "exit_blocks"),
+    ("resnet_tiny", dict(groups=2), "groups=2"),
+])
+def test_bad_architecture_options_raise_at_trace_time(name, kwargs, match):
+  model = get_model(name, num_classes=10, **kwargs)
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)

@@ -79,6 +79,10 @@ class CifarResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, votes: bool = False) -> ModelOutput:
     layers.check_images(images)
+    if self.exits and any(not 0 <= s < len(self.stage_sizes) for s in self.exit_stages):
+      raise ValueError(
+          f"`exit_stages` must name stages 0..{len(self.stage_sizes) - 1}, "
+          f"got {tuple(self.exit_stages)}.")
     conv = functools.partial(layers.conv, dtype=self.dtype, kernel_init=initializers.torch_default_kernel)
     norm = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name)
 

@@ -42,6 +42,7 @@ def make_divisible(value: float, divisor: int) -> int:
 
 
 class InvertedResidual(nn.Module):
+  """[1x1 expand-BN-ReLU6,] 3x3 depthwise-BN-ReLU6, 1x1 project-BN, [+ x]."""
   features: int
   strides: int
   expand_ratio: int

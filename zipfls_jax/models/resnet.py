@@ -41,7 +41,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.groups != 1 or self.width_per_group != 64:
-      raise ValueError("BasicBlock supports only groups=1 and width_per_group=64 (as torchvision).")
+      raise ValueError(
+          "BasicBlock supports only groups=1 and width_per_group=64 (as torchvision), got "
+          f"groups={self.groups}, width_per_group={self.width_per_group}; use Bottleneck.")
     y = self.conv(self.features, 3, strides=self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, 3, name="conv2")(y)
