@@ -36,6 +36,11 @@ def main(argv):
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
   from zipfls_jax.training import loop  # pylint: disable=g-import-not-at-top
 
+  unknown = [m for m in _METHODS.value if m not in results_sheet.METHOD_NAMES]
+  if unknown:
+    # Before any training, not after the first method's run.
+    raise app.UsageError(f"--methods has unknown {unknown}; expected a subset of "
+                         f"{list(results_sheet.METHOD_NAMES)}.")
   logging.set_verbosity(logging.ERROR)  # our own lines only, not the libraries'
   start = time.perf_counter()
   workdir = os.path.abspath(_WORKDIR.value)

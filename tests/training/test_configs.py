@@ -107,3 +107,13 @@ def test_entry_point_reports_missing_data_without_a_traceback(tmp_path):
   assert "error: Dataset 'cifar100' is not prepared" in result.stderr
   assert "zipfls_jax.data.prepare --dataset=cifar100" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_an_unknown_method_before_training(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", "--methods=ce,zipff",
+       f"--workdir={tmp_path / 'demo'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert "--methods has unknown ['zipff']" in result.stderr
+  assert not (tmp_path / "demo").exists()
