@@ -20,6 +20,7 @@ from zipfls_jax.votes import dense_votes
 
 
 def check_vote_upsample(vote_upsample) -> None:
+  """Raises ValueError unless `vote_upsample` is None or an int >= 1."""
   if vote_upsample is not None and (
       not isinstance(vote_upsample, int) or isinstance(vote_upsample, bool) or vote_upsample < 1):
     raise ValueError(
@@ -52,6 +53,7 @@ class VotingHead(nn.Module):
     dropout_rate: dropout on the pooled features before the classifier (as in
       torchvision's MobileNetV2); votes see no dropout.
     kernel_init, bias_init: as `nn.Dense` (and with its defaults).
+    param_dtype: dtype of `kernel` and `bias` (float32 by default).
   """
   num_classes: int
   vote_upsample: Optional[int] = None
