@@ -57,7 +57,7 @@ def make_train_step(model: nn.Module,
   Returns:
     The pure step. `batch` holds 'image' (N, H, W, C) float and 'label' (N,)
     int; metrics are global scalars: loss, ce, zipf, exit_ce, top1, top5
-    (training batch, in [0, 1]) and learning_rate.
+    (training batch, in %) and learning_rate.
   """
   def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
     # A fresh key per step, reproducible on resume; per device, distinct.
@@ -89,8 +89,11 @@ def make_train_step(model: nn.Module,
 
     metrics = dict(parts)
     logits = jax.lax.stop_gradient(logits)
-    metrics["top1"] = objective_lib.global_mean(topk_correct(logits, labels, 1), axis_name)
-    metrics["top5"] = objective_lib.global_mean(topk_correct(logits, labels, 5), axis_name)
+    # Percentages, like the evaluation's, so train and eval lines compare.
+    metrics["top1"] = 100.0 * objective_lib.global_mean(topk_correct(logits, labels, 1),
+                                                         axis_name)
+    metrics["top5"] = 100.0 * objective_lib.global_mean(topk_correct(logits, labels, 5),
+                                                         axis_name)
     if learning_rate_fn is not None:
       metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
