@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import jax.numpy as jnp
 import pytest
 
 from experiments import results_sheet
@@ -91,3 +92,11 @@ def test_results_sheet_table_and_plot(tmp_path):
   plot = tmp_path / "curves.png"
   results_sheet.plot_curves(runs, str(plot))
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_finite_state_refuses_a_nan_parameter():
+  params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
+  metrics.check_finite_state(params, step=4)
+  params["dense"]["bias"] = jnp.array([0.0, jnp.nan, 0.0])
+  with pytest.raises(FloatingPointError, match="no longer finite at step 9; not saving"):
+    metrics.check_finite_state(params, step=9)

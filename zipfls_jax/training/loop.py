@@ -237,6 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 flush=True)
 
       if save:
+        metrics_lib.check_finite_state(state.params, step)
         checkpoints.save(step, state, progress, force=True)
       if stop and not is_last:
         preempted = True

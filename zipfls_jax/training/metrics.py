@@ -17,6 +17,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
@@ -88,6 +89,20 @@ def check_finite(scalars: Mapping[str, Any], step: int) -> None:
       raise FloatingPointError(
           f"{name} became {value} at step {step}; stopping the run. Lower the learning rate, "
           "check the inputs, or resume from the last checkpoint with a different config.")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_finite_state(params, step: int) -> None:
+  """Raises FloatingPointError if any parameter is NaN/inf (one device-side
+  reduction, run before each save so no checkpoint holds a broken state)."""
+  if not bool(_all_finite(params)):
+    raise FloatingPointError(
+        f"The parameters are no longer finite at step {step}; not saving them. Lower the "
+        "learning rate or check the inputs, and rerun to resume from the last checkpoint.")
 
 
 def read_metrics(workdir: str) -> list:
