@@ -7,7 +7,9 @@ so that `import zipfls_jax` never pulls TensorFlow.
 from setuptools import find_packages, setup
 
 CORE = [
-    "jax>=0.4.30",
+    # 0.8: explicit-sharding meshes and `.at[...].add(out_sharding=)`, which the
+    # loss's scatters use; the loss's tests pass on jax 0.8.0 through 0.12.
+    "jax>=0.8.0",
     "chex>=0.1.86",
     "numpy>=1.24",
 ]

@@ -177,8 +177,9 @@ def zipf_targets(scores: jax.Array,
     gradient. An out-of-range label leaves every class in the row.
 
   Example:
-    >>> zipf_targets(jnp.array([[3., 0., 2., 1.]]), jnp.array([0]))
-    Array([[0.        , 0.23076922, 0.46153843, 0.3076923 ]], dtype=float32)
+    >>> q = zipf_targets(jnp.array([[3., 0., 2., 1.]]), jnp.array([0]))
+    >>> (13 * q).round()   # ranks 1, 4, 2, 3; label 0 masked: (1/4, 1/2, 1/3) / (13/12)
+    Array([[0., 3., 6., 4.]], dtype=float32)
 
   Reference: Liang et al., "Efficient One Pass Self-distillation with Zipf's
   Label Smoothing", ECCV 2022.
