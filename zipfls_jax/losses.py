@@ -137,8 +137,13 @@ def _forward(logits, labels, soft):
   """
   num_classes = logits.shape[-1]
   rows_labels = labels[:, None]
-  raw_label_logit = jnp.take_along_axis(logits, rows_labels, axis=-1, mode="fill",
-                                        fill_value=jnp.nan)
+  # One gather for the label and the K votes: on XLA:CPU the index
+  # bookkeeping of each gather costs more than its arithmetic. Out-of-range
+  # ids read 0 (their corrections are 0); an out-of-range label makes
+  # log_sumexp_rest, hence every term, NaN below.
+  gathered = jnp.take_along_axis(logits, jnp.concatenate([rows_labels, soft.ids], axis=1),
+                                 axis=-1, mode="fill", fill_value=0.0)
+  raw_label_logit = gathered[:, :1]
   m, exp_rest, sum_rest = _exp_rest(logits, labels, raw_label_logit)
   # An out-of-range label cannot raise under jit: make every term NaN instead.
   log_sumexp_rest = jnp.where((labels >= 0) & (labels < num_classes), jnp.log(sum_rest),
@@ -147,7 +152,7 @@ def _forward(logits, labels, soft):
   # sum_{j != y} base_j (z_j - m): sum over all classes, minus the label's term.
   base_at_label = jnp.take_along_axis(
       soft.base, jnp.clip(rows_labels, 0, soft.base.shape[-1] - 1), axis=-1)[:, 0]
-  at_votes = jnp.take_along_axis(logits, soft.ids, axis=-1, mode="fill", fill_value=0.0) - m
+  at_votes = gathered[:, 1:] - m
   cross = ((soft.base * (logits - m)).sum(-1) - base_at_label * label_logit
            + (soft.delta * at_votes).sum(-1))
   ce = jax.nn.softplus(log_sumexp_rest - label_logit)

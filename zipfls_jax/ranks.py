@@ -146,8 +146,10 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   # classes_beating[v] = number of classes with more than v votes; integers in
   # f32, exact at full precision (TPUs would otherwise multiply in bf16).
   classes_beating = jnp.dot(classes_with_count, more, precision=jax.lax.Precision.HIGHEST)
-  rank = 1 + jnp.take_along_axis(classes_beating, count, axis=-1).astype(jnp.int32)
-  group_size = jnp.take_along_axis(classes_with_count, count, axis=-1).astype(jnp.int32)
+  # Both lookups in one gather (each gather's index bookkeeping is the cost).
+  looked_up = jnp.take_along_axis(jnp.stack([classes_beating, classes_with_count], axis=-1),
+                                  count[..., None], axis=1).astype(jnp.int32)
+  rank, group_size = 1 + looked_up[..., 0], looked_up[..., 1]
   num_voted = classes_with_count.sum(-1).astype(jnp.int32)
   shaped = lambda x: x.reshape(*batch_shape, *x.shape[1:])
   return VoteStatistics(shaped(count), shaped(share), shaped(rank), shaped(group_size),
