@@ -16,13 +16,13 @@ def _loop_reference(operand, ids, updates):
   return out
 
 
-def test_adds_repeats_and_drops_out_of_range():
-  ids = np.array([[0, 0, 3], [5, 1, 9]])
+def test_adds_repeated_ids_per_row():
+  ids = np.array([[0, 0, 3], [5, 1, 1]])
   updates = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
-  operand = np.zeros((2, 6), np.float32)
+  operand = np.ones((2, 6), np.float32)
   got = jax.jit(scatter_add_rows)(operand, ids, updates)
   np.testing.assert_array_equal(got, _loop_reference(operand, ids, updates))
-  np.testing.assert_array_equal(got, [[3, 0, 0, 3, 0, 0], [0, 5, 0, 0, 0, 4]])
+  np.testing.assert_array_equal(got, [[4, 1, 1, 4, 1, 1], [1, 12, 1, 1, 1, 5]])
 
 
 def test_keeps_the_batch_sharding_of_an_explicit_mesh():

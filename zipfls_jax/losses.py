@@ -139,10 +139,11 @@ def _forward(logits, labels, soft):
   rows_labels = labels[:, None]
   # One gather for the label and the K votes: on XLA:CPU the index
   # bookkeeping of each gather costs more than its arithmetic. Out-of-range
-  # ids read 0 (their corrections are 0); an out-of-range label makes
+  # ids read class 0 (their corrections are 0); an out-of-range label makes
   # log_sumexp_rest, hence every term, NaN below.
-  gathered = jnp.take_along_axis(logits, jnp.concatenate([rows_labels, soft.ids], axis=1),
-                                 axis=-1, mode="fill", fill_value=0.0)
+  ids = jnp.concatenate([rows_labels, soft.ids], axis=1)
+  safe_ids = jnp.where((ids >= 0) & (ids < num_classes), ids, 0).astype(jnp.uint32)
+  gathered = jnp.take_along_axis(logits, safe_ids, axis=-1, mode="promise_in_bounds")
   raw_label_logit = gathered[:, :1]
   m, exp_rest, sum_rest = _exp_rest(logits, labels, raw_label_logit)
   # An out-of-range label cannot raise under jit: make every term NaN instead.
@@ -187,7 +188,9 @@ def _ce_and_kl_bwd(residuals, cotangents):
   is_label = jnp.arange(exp_rest.shape[-1]) == labels[:, None]   # fused, never stored
   grad = jnp.where(is_label, (g_ce * (p_label - 1.0))[:, None],
                    exp_rest * scale[:, None] - g_kl[:, None] * soft.base)
-  grad = scatter_add_rows(grad, soft.ids, -g_kl[:, None] * soft.delta)
+  in_range = (soft.ids >= 0) & (soft.ids < grad.shape[-1])
+  grad = scatter_add_rows(grad, jnp.where(in_range, soft.ids, 0),
+                          jnp.where(in_range, -g_kl[:, None] * soft.delta, 0.0))
   return grad, None, None
 
 
