@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from zipfls_jax import ranks, targets, validation
-from zipfls_jax.scatter import scatter_add_rows
+from zipfls_jax.indexing import in_range_ids, scatter_add_rows
 
 
 class ZipfTerms(NamedTuple):
@@ -77,8 +77,9 @@ def _vote_soft_targets(votes: jax.Array, labels: jax.Array, num_classes: int,
   d_unvoted = targets.rank_weights(stats.unvoted_rank, num_classes=num_classes,
                                    distribution=dist, group_size=num_unvoted)
   share = jnp.where(votes == labels[:, None], 0.0, stats.share)   # voted non-targets, once each
-  label_count = jnp.take_along_axis(stats.counts, labels[:, None], axis=-1, mode="fill",
-                                    fill_value=0)[:, 0]
+  safe_labels, label_in_range = in_range_ids(labels[:, None], num_classes)
+  label_count = jnp.where(label_in_range, jnp.take_along_axis(
+      stats.counts, safe_labels, axis=-1, mode="promise_in_bounds"), 0)[:, 0]
   num_other_unvoted = num_unvoted - (label_count == 0).astype(jnp.int32)
 
   def normaliser(d_voted, d_unvoted):
@@ -141,8 +142,7 @@ def _forward(logits, labels, soft):
   # bookkeeping of each gather costs more than its arithmetic. Out-of-range
   # ids read class 0 (their corrections are 0); an out-of-range label makes
   # log_sumexp_rest, hence every term, NaN below.
-  ids = jnp.concatenate([rows_labels, soft.ids], axis=1)
-  safe_ids = jnp.where((ids >= 0) & (ids < num_classes), ids, 0).astype(jnp.uint32)
+  safe_ids, _ = in_range_ids(jnp.concatenate([rows_labels, soft.ids], axis=1), num_classes)
   gathered = jnp.take_along_axis(logits, safe_ids, axis=-1, mode="promise_in_bounds")
   raw_label_logit = gathered[:, :1]
   m, exp_rest, sum_rest = _exp_rest(logits, labels, raw_label_logit)
@@ -151,8 +151,11 @@ def _forward(logits, labels, soft):
                               jnp.nan)
   label_logit = (raw_label_logit - m)[:, 0]
   # sum_{j != y} base_j (z_j - m): sum over all classes, minus the label's term.
-  base_at_label = jnp.take_along_axis(
-      soft.base, jnp.clip(rows_labels, 0, soft.base.shape[-1] - 1), axis=-1)[:, 0]
+  if soft.base.shape[-1] == 1:   # the vote path: one value shared by all classes
+    base_at_label = soft.base[:, 0]
+  else:
+    base_at_label = jnp.take_along_axis(soft.base, safe_ids[:, :1], axis=-1,
+                                        mode="promise_in_bounds")[:, 0]
   at_votes = gathered[:, 1:] - m
   cross = ((soft.base * (logits - m)).sum(-1) - base_at_label * label_logit
            + (soft.delta * at_votes).sum(-1))
@@ -188,9 +191,8 @@ def _ce_and_kl_bwd(residuals, cotangents):
   is_label = jnp.arange(exp_rest.shape[-1]) == labels[:, None]   # fused, never stored
   grad = jnp.where(is_label, (g_ce * (p_label - 1.0))[:, None],
                    exp_rest * scale[:, None] - g_kl[:, None] * soft.base)
-  in_range = (soft.ids >= 0) & (soft.ids < grad.shape[-1])
-  grad = scatter_add_rows(grad, jnp.where(in_range, soft.ids, 0),
-                          jnp.where(in_range, -g_kl[:, None] * soft.delta, 0.0))
+  safe_ids, in_range = in_range_ids(soft.ids, grad.shape[-1])
+  grad = scatter_add_rows(grad, safe_ids, jnp.where(in_range, -g_kl[:, None] * soft.delta, 0.0))
   return grad, None, None
 
 

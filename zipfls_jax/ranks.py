@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipfls_jax import validation
-from zipfls_jax.scatter import scatter_add_rows
+from zipfls_jax.indexing import in_range_ids, scatter_add_rows
 
 
 def _count_greater_equal(scores: jax.Array):
@@ -84,10 +84,9 @@ def vote_counts(class_ids: jax.Array, num_classes: int, dtype=jnp.int32) -> jax.
   if class_ids.ndim < 1:
     raise ValueError("`class_ids` must be (..., K) vote class ids, got a scalar.")
   batch_shape, k = class_ids.shape[:-1], class_ids.shape[-1]
-  flat = class_ids.reshape(-1, k)
-  in_range = (flat >= 0) & (flat < num_classes)
-  counts = scatter_add_rows(jnp.zeros((flat.shape[0], num_classes), dtype),
-                            jnp.where(in_range, flat, 0), in_range.astype(dtype))
+  safe_ids, in_range = in_range_ids(class_ids.reshape(-1, k), num_classes)
+  counts = scatter_add_rows(jnp.zeros((safe_ids.shape[0], num_classes), dtype), safe_ids,
+                            in_range.astype(dtype))
   return counts.reshape(*batch_shape, num_classes)
 
 
@@ -131,19 +130,14 @@ def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   batch_shape, k = ids.shape[:-1], ids.shape[-1]
   narrow = jnp.uint8 if k < 2 ** 8 else jnp.uint16 if k < 2 ** 16 else jnp.int32
   counts = vote_counts(class_ids, num_classes, dtype=narrow)
-  ids = ids.reshape(-1, k)
-  in_range = (ids >= 0) & (ids < num_classes)
-  # Indices known to be in range skip the gathers' bounds and wrap-around
-  # selects (unsigned, promise_in_bounds): on XLA:CPU those selects cost more
-  # than the lookups themselves.
-  count = jnp.take_along_axis(counts.reshape(-1, num_classes),
-                              jnp.where(in_range, ids, 0).astype(jnp.uint32), axis=-1,
+  safe_ids, in_range = in_range_ids(ids.reshape(-1, k), num_classes)
+  count = jnp.take_along_axis(counts.reshape(-1, num_classes), safe_ids, axis=-1,
                               mode="promise_in_bounds")
   count = jnp.where(in_range, count.astype(jnp.int32), 0)
   share = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
   # classes_with_count[v] = number of classes with exactly v votes (v >= 1).
   classes_with_count = jnp.round(
-      scatter_add_rows(jnp.zeros((ids.shape[0], k + 1), jnp.float32), count, share))
+      scatter_add_rows(jnp.zeros((safe_ids.shape[0], k + 1), jnp.float32), count, share))
   # A literal, not iota arithmetic that would rerun on every call.
   more = np.tril(np.ones((k + 1, k + 1), np.float32), -1)   # more[u, v] = u > v
   # classes_beating[v] = number of classes with more than v votes; integers in

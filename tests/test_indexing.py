@@ -1,10 +1,10 @@
-"""scatter_add_rows: a per-row histogram, also on explicitly sharded arrays."""
+"""in_range_ids and scatter_add_rows, also on explicitly sharded arrays."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from zipfls_jax.scatter import scatter_add_rows
+from zipfls_jax.indexing import in_range_ids, scatter_add_rows
 
 
 def _loop_reference(operand, ids, updates):
@@ -38,3 +38,10 @@ def test_keeps_the_batch_sharding_of_an_explicit_mesh():
   # A scalar update broadcasts, as the vote histogram uses it.
   np.testing.assert_array_equal(jax.jit(scatter_add_rows)(sharded[0], sharded[1], 1.0),
                                 _loop_reference(operand, ids, updates))
+
+
+def test_in_range_ids_sends_the_rest_to_zero():
+  safe, in_range = in_range_ids(jnp.array([[3, -1, 5, 0]]), 5)
+  np.testing.assert_array_equal(safe, [[3, 0, 0, 0]])
+  np.testing.assert_array_equal(in_range, [[True, False, False, True]])
+  assert safe.dtype == jnp.uint32
