@@ -305,9 +305,7 @@ def zipf_label_smoothing_terms(logits: jax.Array,
     soft = _vote_soft_targets(_flat(votes), labels, num_classes, dist)
   else:
     scores = logits if votes is None else ranks.vote_counts(_flat(votes), num_classes)
-    q = targets.zipf_targets(scores, labels, power=power, distribution=distribution, key=key,
-                             smallest_prob=smallest_prob, decay=decay,
-                             lower_bound=lower_bound, upper_bound=upper_bound)
+    q = targets.dense_targets(scores, labels, dist, key)
     soft = _dense_soft_targets(q, labels)
   ce, kl = _ce_and_kl(logits, labels, soft)
   correct = _is_argmax(logits, labels)

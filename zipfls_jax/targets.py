@@ -187,6 +187,13 @@ def zipf_targets(scores: jax.Array,
   num_classes = validation.check_logits_labels(scores, labels, "scores", allow_int=True)
   dist = Distribution(distribution, power, smallest_prob, decay, lower_bound, upper_bound)
   dist.check(num_classes, key)
+  return dense_targets(scores, labels, dist, key)
+
+
+def dense_targets(scores: jax.Array, labels: jax.Array, dist: Distribution,
+                  key: Optional[jax.Array] = None) -> jax.Array:
+  """`zipf_targets` for an already checked `Distribution` (no argument checks)."""
+  num_classes = scores.shape[-1]
   scores = jax.lax.stop_gradient(jnp.asarray(scores))
   if dist.name in RANDOM_DISTRIBUTIONS:
     weights = _random_weights(key, scores, dist)
