@@ -202,8 +202,8 @@ _ce_and_kl.defvjp(_ce_and_kl_fwd, _ce_and_kl_bwd)
 def _is_argmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """argmax(logits) == labels, first index winning ties, as `jnp.argmax`.
 
-  One boolean reduction: XLA's CPU argmax (a variadic reduce) costs ten
-  times a plain max over a 256 x 10,000 batch.
+  One boolean reduction: XLA's CPU argmax (a variadic reduce) costs about a
+  hundred times a plain max over a 256 x 10,000 batch (16 ms vs 0.15 ms).
   """
   classes = jnp.arange(logits.shape[-1])
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="fill",
