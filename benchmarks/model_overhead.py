@@ -20,7 +20,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from zipfls_jax import dense_votes

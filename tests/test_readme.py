@@ -2,7 +2,6 @@
 import pathlib
 import re
 
-import jax
 import numpy as np
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
