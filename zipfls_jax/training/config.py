@@ -12,6 +12,8 @@ from typing import Optional
 import jax
 import ml_collections
 
+from zipfls_jax.training import objective as objective_lib
+
 DTYPES = ("float32", "bfloat16")
 # Keys that may change between the runs of one workdir (and between the
 # seeds of one results-table cell): they do not change what is computed.
@@ -38,21 +40,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_options = ml_collections.ConfigDict()
   c.dtype = "float32"          # compute dtype: 'float32' or 'bfloat16'.
   c.batch_norm = "sync"        # 'sync' (global batch) or 'per_device'.
-  # Objective (zipfls_jax.training.Objective).
-  c.loss = ml_collections.ConfigDict(dict(
-      method="ce",             # 'ce', 'ls', 'zipf' or 'ls_zipf'.
-      ls_eps=0.1,
-      lam=0.1,
-      power=1.0,
-      distribution="zipf",
-      rank_by="votes",         # 'votes' or 'logits'.
-      correct_only=False,
-      exit_weight=0.0,
-      smallest_prob=0.0,
-      decay=1.0,
-      lower_bound=1.0,
-      upper_bound=ml_collections.config_dict.placeholder(float),
-  ))
+  # Objective: method ('ce', 'ls', 'zipf', 'ls_zipf'), ls_eps, lam, rank_by
+  # ('votes', 'logits'), correct_only, exit_weight and the target distribution
+  # (distribution, power, smallest_prob, decay, lower_bound, upper_bound).
+  # Documented, defaulted and checked once, by zipfls_jax.training.Objective
+  # and zipfls_jax.TargetDistribution; upper_bound None is a float placeholder.
+  c.loss = ml_collections.ConfigDict({
+      key: ml_collections.config_dict.placeholder(float) if value is None else value
+      for key, value in objective_lib.Objective().to_config().items()})
   # Optimisation: SGD, momentum 0.9, no Nesterov, weight decay on all params.
   c.batch_size = 128           # global, over all devices and hosts.
   c.num_epochs = 200.0
@@ -88,7 +83,7 @@ def validate_config(config: ml_collections.ConfigDict,
   Raises:
     ValueError: naming each unknown or missing key, or the bad value.
   """
-  from zipfls_jax.training import objective, optim, parallel  # pylint: disable=g-import-not-at-top
+  from zipfls_jax.training import optim, parallel  # pylint: disable=g-import-not-at-top
   reference = base_config() if reference is None else reference
   unknown, missing = [], []
   _compare_keys(config.to_dict(), reference.to_dict(), "config", unknown, missing)
@@ -124,7 +119,7 @@ def validate_config(config: ml_collections.ConfigDict,
   if not all(0.0 < f < 1.0 for f in config.lr_decay_at):
     raise ValueError("config.lr_decay_at must hold fractions of training in (0, 1), "
                      f"got {tuple(config.lr_decay_at)}.")
-  objective.Objective.from_config(config.loss)
+  objective_lib.Objective.from_config(config.loss)
 
 
 def _compare_keys(config, reference, prefix, unknown, missing):
