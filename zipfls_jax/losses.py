@@ -125,7 +125,7 @@ def _vote_soft_targets(votes: jax.Array, labels: jax.Array, num_classes: int,
 _TINY_SUM, _HUGE_SUM = 1e-20, 1e30
 
 
-def _exp_rest(logits, labels, label_logit, with_logit_sum):
+def _exp_rest(logits, labels, label_logit):
   """exp(z - m) off the label (0 on it), m a per-row shift, and its row sums.
 
   The shift is the label's own logit, a gather, so no pass over C is spent
@@ -134,26 +134,30 @@ def _exp_rest(logits, labels, label_logit, with_logit_sum):
   (a `lax.cond`, free in normal training), the shift becomes the
   non-target max. Either way the label is excluded before exponentiating,
   so a dominant target logit (|z| up to 1e4) never cancels the rest away.
-  With `with_logit_sum` it also returns sum_{j != y} (z_j - m), summed with
-  the label left out rather than subtracted afterwards: z_y - m reaches 2e4
-  under the second shift, and subtracting it would cancel every digit.
+
+  Returns whether the second shift was taken, and (m, exp_rest, sum_rest,
+  rest_logit_sum). The last is sum_{j != y} (z_j - m) under the second
+  shift, where z_y - m can reach 2e4 and a sum over all classes minus the
+  label's term would cancel every digit; under the first shift the label's
+  own term is exactly 0, and the caller sums over all classes (zeros here).
   """
   def is_label():   # rebuilt where used: a mask passed around gets materialised
     return jnp.arange(logits.shape[-1]) == labels[:, None]
 
   def shifted(m):
     exp_rest = jnp.exp(jnp.where(is_label(), -jnp.inf, logits - m))
-    logit_sum = (jnp.where(is_label(), 0.0, logits - m).sum(-1) if with_logit_sum
-                 else jnp.zeros(logits.shape[:1], logits.dtype))
-    return m, exp_rest, exp_rest.sum(-1), logit_sum
+    return m, exp_rest, exp_rest.sum(-1)
 
   def exact():
-    return shifted(jnp.where(is_label(), -jnp.inf, logits).max(-1, keepdims=True))
+    m = jnp.where(is_label(), -jnp.inf, logits).max(-1, keepdims=True)
+    return (*shifted(m), jnp.where(is_label(), 0.0, logits - m).sum(-1))
 
-  fast = shifted(jnp.where(jnp.isfinite(label_logit), label_logit, 0.0))
-  sum_rest = fast[2]
-  unsafe = ~((sum_rest >= _TINY_SUM) & (sum_rest <= _HUGE_SUM))
-  return jax.lax.cond(jnp.any(unsafe), exact, lambda: fast)
+  m, exp_rest, sum_rest = shifted(jnp.where(jnp.isfinite(label_logit), label_logit, 0.0))
+  unsafe = jnp.any(~((sum_rest >= _TINY_SUM) & (sum_rest <= _HUGE_SUM)))
+  # The fast branch's logit sum is left to the caller, after the cond, where
+  # it fuses with the rest of the pass (computed here it cost ~20% at C = 1e4).
+  fast = lambda: (m, exp_rest, sum_rest, jnp.zeros_like(sum_rest))
+  return unsafe, jax.lax.cond(unsafe, exact, fast)
 
 
 def _forward(logits, labels, soft):
@@ -172,15 +176,16 @@ def _forward(logits, labels, soft):
   safe_ids, _ = in_range_ids(jnp.concatenate([rows_labels, soft.ids], axis=1), num_classes)
   gathered = jnp.take_along_axis(logits, safe_ids, axis=-1, mode="promise_in_bounds")
   raw_label_logit = gathered[:, :1]
-  shared_base = soft.base.shape[-1] == 1   # the vote path: one value for every unvoted class
-  m, exp_rest, sum_rest, logit_sum = _exp_rest(logits, labels, raw_label_logit, shared_base)
+  shifted_by_max, (m, exp_rest, sum_rest, exact_rest_sum) = _exp_rest(
+      logits, labels, raw_label_logit)
   # An out-of-range label cannot raise under jit: make every term NaN instead.
   log_sumexp_rest = jnp.where((labels >= 0) & (labels < num_classes), jnp.log(sum_rest),
                               jnp.nan)
   label_logit = (raw_label_logit - m)[:, 0]
   # cross = sum_{j != y} q_j (z_j - m).
-  if shared_base:
-    cross = soft.base[:, 0] * logit_sum
+  if soft.base.shape[-1] == 1:   # the vote path: one value for every unvoted class
+    rest_sum = jnp.where(shifted_by_max, exact_rest_sum, (logits - m).sum(-1) - label_logit)
+    cross = soft.base[:, 0] * rest_sum
   else:   # dense targets are 0 at the label already
     cross = (soft.base * (logits - m)).sum(-1)
   cross = cross + (soft.delta * (gathered[:, 1:] - m)).sum(-1)

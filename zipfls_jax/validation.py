@@ -1,8 +1,9 @@
 """Trace-time argument checks shared by the loss modules.
 
-Everything here looks only at static shapes and dtypes, so it runs once per
-trace and costs nothing per step. Value checks (labels in range) cannot raise
-inside `jax.jit`; `check_labels` offers them through `jax.experimental.checkify`.
+Everything here looks only at static shapes, dtypes and Python scalars, so
+it runs once per trace and costs nothing per step. Value checks (labels and
+vote ids in range) cannot raise inside `jax.jit`; `check_labels` and
+`check_votes` offer them through `jax.experimental.checkify`.
 """
 from __future__ import annotations
 
