@@ -510,3 +510,11 @@ def test_traced_hyperparameter_is_refused_and_traced_epoch_is_fine():
   targets = jax.jit(lambda e: zl.ps_kd_targets(_Y, _Z + 0.2, epoch=e, num_epochs=4))(
       jnp.int32(0))
   np.testing.assert_array_equal(targets, np.eye(5)[_Y])
+
+
+def test_docstring_examples_run():
+  import doctest   # pylint: disable=g-import-not-at-top
+  from zipfls_jax import self_distillation   # pylint: disable=g-import-not-at-top
+  globs = {"jnp": jnp, **{name: getattr(zl, name) for name in zl.__all__}}
+  result = doctest.testmod(self_distillation, extraglobs=globs, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
