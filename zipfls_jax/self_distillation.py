@@ -606,7 +606,10 @@ def ps_kd_alpha(epoch, *, num_epochs: int, alpha_final: float = 0.8) -> jax.Arra
   Kim et al., "Self-Knowledge Distillation with Progressive Refinement of
   Targets", ICCV 2021, official code (lgcnsai/PS-KD-Pytorch): alpha_T 0.8.
   """
-  num_epochs = int(_check_positive("num_epochs", num_epochs))
+  if isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, np.integer)):
+    raise TypeError(f"`num_epochs` must be an int, got {type(num_epochs).__name__}.")
+  if num_epochs < 1:
+    raise ValueError(f"`num_epochs` must be >= 1, got {num_epochs}.")
   alpha_final = _check_in("alpha_final", alpha_final, 0.0, 1.0)
   return alpha_final * (jnp.asarray(epoch, jnp.float32) + 1.0) / num_epochs
 
