@@ -169,8 +169,8 @@ def kd_loss(student_logits: jax.Array,
   `teacher_is_probs=True` (BAKE's ensembled targets, already at T). The
   teacher gets no gradient. The mean over the batch equals the PyTorch
   form `KLDivLoss(reduction='sum')(log_softmax(z_s / T), p_t) * T^2 / N`
-  used by the CS-KD, BAKE and BAN code (Hinton et al. 2015; docs/method.md
-  section 4).
+  used by the CS-KD, BAKE and BAN code (Hinton et al. 2015;
+  docs/method.md section 4).
 
   Args:
     student_logits: (..., C) float logits of the student.
@@ -248,8 +248,8 @@ def linear_mmd(features1: jax.Array,
   `pmap`) the sums and counts are `psum`'d first, so every device returns
   the MMD of the global batch; under `jax.jit` on global arrays leave it
   None. DDGSD's feature term on pooled features (Xu and Liu, AAAI 2019,
-  weight 5e-4 as third-party reimplementations use; docs/method.md
-  section 4). With no kept example it is 0.
+  weight 5e-4 as third-party reimplementations use;
+  docs/method.md section 4). With no kept example it is 0.
 
   Args:
     features1, features2: (N, D) float features of the two views.
@@ -526,8 +526,8 @@ def byot_exit_loss(exit_logits: jax.Array,
   CE(z_final, y) + sum over the exits of this + beta * the feature term
   (`byot_feature_loss`). Zhang et al., "Be Your Own Teacher", ICCV 2019;
   values from the first author's code (pytorch-self-distillation-final),
-  the paper gives none: alpha 0.3, T 3, beta 0.03 (docs/method.md
-  section 4).
+  the paper gives none: alpha 0.3, T 3, beta 0.03
+  (docs/method.md section 4).
 
   Args:
     exit_logits: (..., C) float logits of the exit.
