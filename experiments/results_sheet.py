@@ -12,15 +12,18 @@ top-1 against epoch for every run, one panel per dataset and model.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import statistics
 from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
+from etils import epath
 
+from zipfls_jax.training import checkpoint as checkpoint_lib
 from zipfls_jax.training import config as config_lib
+from zipfls_jax.training import metrics as metrics_lib
 
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the curves as a PNG (optional).")
 
@@ -64,17 +67,20 @@ def method_label(config: Dict) -> str:
 
 
 def load_run(workdir: str) -> Optional[Dict]:
-  """A run's config, its evaluations and best top-1; None if it has none yet."""
-  config_path = os.path.join(workdir, "config.json")
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
+  """A run's config, its evaluations and best top-1; None if it has none yet.
+
+  Reads through `etils.epath` (a gs:// workdir works); lines of
+  metrics.jsonl that do not parse are skipped with a warning.
+  """
+  try:
+    config = checkpoint_lib.read_workdir_config(workdir)
+  except ValueError as error:  # names the file
+    logging.warning("Skipping %s: %s", workdir, error)
     return None
-  with open(config_path) as f:
-    config = json.load(f)
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  if config is None:
+    return None
   evals = {}
-  for record in records:
+  for record in metrics_lib.read_metrics(workdir):
     if "eval_top1" in record:
       evals[record["step"]] = record  # a resumed run may repeat a step
   if not evals:
@@ -118,13 +124,14 @@ def _mark_variants(runs: List[Dict]) -> None:
 
 
 def find_runs(paths: Sequence[str]) -> List[Dict]:
-  """Runs in `paths`: each a workdir or a folder of workdirs."""
+  """Runs in `paths`: each a workdir or a folder of workdirs (local or gs://)."""
   runs = []
   for path in paths:
-    if os.path.exists(os.path.join(path, "config.json")):
+    folder = epath.Path(path)
+    if (folder / checkpoint_lib.CONFIG_FILE).exists():
       candidates = [path]
-    elif os.path.isdir(path):
-      candidates = [os.path.join(path, d) for d in sorted(os.listdir(path))]
+    elif folder.is_dir():
+      candidates = [os.fspath(p) for p in sorted(folder.iterdir())]
     else:
       raise FileNotFoundError(f"{path!r} is neither a run's workdir (no config.json) nor a "
                               "folder.")

@@ -5,9 +5,11 @@ r"""Trains one run of the paper from a config file.
 
 Any config key can be overridden with `--config.KEY=VALUE` (e.g.
 `--config.loss.lam=0.5`). Rerunning the same command resumes from the
-workdir's latest checkpoint. On a multi-host TPU VM, run the same command on
-every host with `--config.distributed=True`. The logic lives in
-`zipfls_jax.training.loop`; this file only parses flags.
+workdir's latest checkpoint. With several processes, run the same command in
+each with `--config.distributed=True` (and, off a TPU VM or SLURM, with
+`--config.coordinator_address`, `--config.num_processes` and
+`--config.process_id`). The logic lives in `zipfls_jax.training.loop`; this
+file only parses flags and turns expected failures into one line.
 """
 import os
 import sys
@@ -26,6 +28,26 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _parse_flags(argv):
+  """absl's parsing, with a bad --config (missing file, misspelt key) in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as error:
+    # ml_collections raises these for `--config.loss.lamb=1` (with its "Did
+    # you mean" hint) and for a config file that does not load.
+    sys.exit(f"error: {_one_line(error)}")
+
+
+def _one_line(error: BaseException) -> str:
+  # ml_collections wraps a KeyError's text in quotes and escapes newlines.
+  text = str(error).strip()
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1].replace("\\n", " ").replace("\\'", "'")
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -35,10 +57,16 @@ def main(argv):
     # checkpoint) for --verbosity=0.
     logging.set_verbosity(logging.WARNING)
   try:
-    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, FloatingPointError, ValueError) as error:
-    # Missing data, a bad config value, a workdir of another config, NaN:
-    # the message says what to do; the traceback is for --verbosity=1.
+    config = _CONFIG.value
+    config.get("dataset")  # a file that failed to load raises on first use
+  except (OSError, ValueError) as error:
+    sys.exit(f"error: {_one_line(error)}")
+  try:
+    summary = loop.train_and_evaluate(config, _WORKDIR.value)
+  except (OSError, FloatingPointError, ValueError) as error:
+    # Missing data, a bad config value, a workdir of another config or one
+    # that cannot be written, a failed save, NaN: the message says what to
+    # do; the traceback is for --verbosity=1.
     if flags.FLAGS.verbosity >= 1:
       raise
     sys.exit(f"error: {error}\n(rerun with --verbosity=1 for the traceback)")
@@ -47,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

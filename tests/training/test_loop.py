@@ -7,6 +7,7 @@ missing data are refused with messages that say what is wrong.
 """
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -79,63 +80,141 @@ def _final_params(workdir, step):
   return restored["params"]
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
-  config = tiny_config("cifar100", "cifar_resnet_tiny", method="zipf", steps=4)
+def _train_records(workdir):
+  # Everything but the throughput, which depends on the machine's load.
+  return [{k: v for k, v in r.items() if k != "train_images_per_sec"}
+          for r in read_jsonl(workdir) if "train_loss" in r]
+
+
+def resume_config():
+  config = tiny_config("cifar100", "cifar_resnet_tiny", method="zipf", steps=5)
   config.loss.distribution = "random_pareto"  # the per-step key must resume too
-  # Logging also happens at every save, so no state is saved unchecked for NaN.
-  config.log_every_steps = 3
+  # Saves at 2, 4, 5; logs at 2, 4 (also saves) and 5; evaluates at 2, 4, 5.
+  config.log_every_steps = 4
+  config.max_checkpoints_to_keep = 3
+  return config
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """One uninterrupted run of `resume_config`, shared by the resume tests."""
+  workdir = tmp_path_factory.mktemp("straight")
   with mock():
-    straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+    summary = loop.train_and_evaluate(resume_config(), str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "5"]
+  assert [r["step"] for r in read_jsonl(workdir) if "train_loss" in r] == [2, 4, 5]
+  return workdir, summary
 
-    # Preempt the second run while it fetches its 2nd batch: it must finish
-    # that step, save and stop.
-    create = data.create_train_iterator
 
-    def preempted_iterator(*args, **kwargs):
-      for count, batch in enumerate(create(*args, **kwargs), start=1):
-        if count == 2:
-          os.kill(os.getpid(), signal.SIGTERM)
-        yield batch
+def _assert_same_run(workdir, straight_run):
+  straight, summary = straight_run
+  jax.tree.map(np.testing.assert_array_equal, _final_params(straight, 5),
+               _final_params(workdir, 5))
+  assert _train_records(workdir) == _train_records(straight)
+  evals = [r for r in read_jsonl(workdir) if "eval_top1" in r]
+  assert evals == [r for r in read_jsonl(straight) if "eval_top1" in r]
+  del summary
 
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch, straight_run):
+  config = resume_config()
+  workdir = tmp_path / "resumed"
+  # Preempt the run while it fetches its 3rd batch: it must finish that
+  # step, save and stop, without logging that step on its own: its metrics
+  # go into the checkpoint, and the resumed run's record of step 4
+  # averages steps 3 and 4, as the uninterrupted run's does.
+  create = data.create_train_iterator
+
+  def preempted_iterator(*args, **kwargs):
+    for count, batch in enumerate(create(*args, **kwargs), start=1):
+      if count == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  with mock():
     monkeypatch.setattr(data, "create_train_iterator", preempted_iterator)
-    first = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    first = loop.train_and_evaluate(config, str(workdir))
     monkeypatch.setattr(data, "create_train_iterator", create)
-    second = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    second = loop.train_and_evaluate(config, str(workdir))
 
-  assert first["preempted"] and first["step"] == 2
-  assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "2")
-  assert not second["preempted"] and second["step"] == 4
-  straight_params = _final_params(tmp_path / "straight", 4)
-  resumed_params = _final_params(tmp_path / "resumed", 4)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), straight_params,
-               resumed_params)
-  assert second["best_top1"] == straight["best_top1"]
-  # Logged at the checkpoint (2), logging (3) and last (4) steps; the resumed
-  # run logged steps 3 and 4 only once.
-  for run in ("straight", "resumed"):
-    steps = [r["step"] for r in read_jsonl(tmp_path / run) if "train_loss" in r]
-    assert steps == [2, 3, 4], run
+  assert first["preempted"] and first["step"] == 3
+  assert os.path.isdir(workdir / "checkpoints" / "3")
+  assert not second["preempted"] and second["step"] == 5
+  assert second["best_top1"] == straight_run[1]["best_top1"]
+  _assert_same_run(workdir, straight_run)
 
 
-def test_sigterm_sets_the_flag_with_one_process_and_the_handler_is_restored():
+def test_a_kill_after_the_last_checkpoint_leaves_no_duplicate_records(tmp_path, straight_run):
+  # What a SIGKILL after step 4 was logged, but before it was saved, leaves:
+  # records up to step 4 (the last one cut short) and checkpoints up to 2.
+  workdir = tmp_path / "killed"
+  shutil.copytree(straight_run[0], workdir)
+  for step in ("4", "5"):
+    shutil.rmtree(workdir / "checkpoints" / step)
+  lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+  last_step4 = max(i for i, line in enumerate(lines) if json.loads(line)["step"] == 4)
+  (workdir / "metrics.jsonl").write_text("".join(lines[:last_step4]) + lines[last_step4][:25])
+  with mock():
+    summary = loop.train_and_evaluate(resume_config(), str(workdir))
+  assert summary["step"] == 5
+  _assert_same_run(workdir, straight_run)
+
+
+def test_a_flipped_bit_in_the_latest_checkpoint_resumes_from_the_previous(
+    tmp_path, straight_run, caplog):
+  workdir = tmp_path / "flipped"
+  shutil.copytree(straight_run[0], workdir)
+  files = [f for f in (workdir / "checkpoints" / "5" / "state").rglob("*") if f.is_file()]
+  largest = max(files, key=lambda f: f.stat().st_size)
+  raw = bytearray(largest.read_bytes())
+  raw[len(raw) // 2] ^= 0x10
+  largest.write_bytes(bytes(raw))
+  with mock():
+    summary = loop.train_and_evaluate(resume_config(), str(workdir))
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert any("step 5" in w and "cannot be restored" in w for w in warnings), warnings
+  assert summary["step"] == 5
+  assert os.path.isdir(workdir / "checkpoints" / "damaged-5")
+  _assert_same_run(workdir, straight_run)
+
+
+def test_sigterm_sets_the_flag_with_one_process_and_the_handler_is_restored(tmp_path):
+  # Orbax's reached_preemption is False with one process and no distributed
+  # runtime, even after SIGTERM: our own handler is what stops the run.
+  checkpoints = loop.checkpoint_lib.Checkpoints(str(tmp_path), every_steps=2)
   before = signal.getsignal(signal.SIGTERM)
-  with loop._PreemptionFlag() as flag:
-    assert not flag.should_stop(1)
+  with loop._SigtermFlag() as flag:
+    assert not flag.requested
     os.kill(os.getpid(), signal.SIGTERM)
-    assert flag.should_stop(2)
+    assert flag.requested
+    assert not checkpoints.reached_preemption(2)
   assert signal.getsignal(signal.SIGTERM) is before
+  checkpoints.close()
 
 
-def test_several_processes_leave_sigterm_to_the_preemption_service(monkeypatch):
+def test_several_processes_leave_sigterm_to_the_preemption_service(monkeypatch, tmp_path):
   # A Python handler would replace JAX's preemption notifier: each host
   # would then stop at its own step and the collective save would hang.
+  # Orbax asks JAX's sync point, and saves there too.
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  checkpoints = loop.checkpoint_lib.Checkpoints(str(tmp_path), every_steps=4)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 5)
   before = signal.getsignal(signal.SIGTERM)
-  with loop._PreemptionFlag() as flag:
+  with loop._SigtermFlag():
     assert signal.getsignal(signal.SIGTERM) is before
-    assert [flag.should_stop(step) for step in (4, 5, 6)] == [False, True, False]
+  assert [checkpoints.reached_preemption(step) for step in (4, 5, 6)] == [False, True, False]
+  assert [checkpoints.should_save(step) for step in (3, 4, 5, 6)] == [False, True, True, False]
+  assert [checkpoints.on_interval(step) for step in (4, 5)] == [True, False]
+  checkpoints.close()
+
+
+def test_saves_on_the_interval_only(tmp_path):
+  # No extra save after the first step (orbax's InitialSavePolicy, which
+  # save_interval_steps would add).
+  checkpoints = loop.checkpoint_lib.Checkpoints(str(tmp_path), every_steps=3)
+  assert [s for s in range(1, 10) if checkpoints.should_save(s)] == [3, 6, 9]
+  checkpoints.close()
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):

@@ -7,6 +7,7 @@ range, naming them. This module must not build models or read data.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -19,7 +20,8 @@ DTYPES = ("float32", "bfloat16")
 # seeds of one results-table cell): they do not change what is computed.
 RESUMABLE_KEYS = ("data_dir", "log_every_steps", "checkpoint_every_steps",
                   "max_checkpoints_to_keep", "tensorboard", "distributed", "transfer_guard",
-                  "console")
+                  "console", "coordinator_address", "num_processes", "process_id",
+                  "heartbeat_timeout_seconds", "allow_topology_change")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -67,12 +69,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
-  c.max_checkpoints_to_keep = 2
+  c.max_checkpoints_to_keep = 2  # >= 2: a damaged latest one falls back to the previous.
   c.tensorboard = True
   c.console = True             # print a progress line per logging step.
   c.transfer_guard = True      # fail on hidden host<->device copies in the step.
-  c.distributed = False        # call jax.distributed.initialize() (multi-host).
-  c.seed = 0
+  # Several processes (hosts): each calls jax.distributed.initialize().
+  c.distributed = False
+  c.coordinator_address = ""   # process 0's HOST:PORT; '' = $JAX_COORDINATOR_ADDRESS or detected.
+  c.num_processes = 0          # 0 = $JAX_NUM_PROCESSES or detected (TPU VM, SLURM, Open MPI).
+  c.process_id = -1            # -1 = $JAX_PROCESS_ID or detected.
+  c.heartbeat_timeout_seconds = 100  # a process silent this long fails the others' run.
+  # Resume a checkpoint written on another process/device count (the rest of
+  # the run then differs from an uninterrupted one).
+  c.allow_topology_change = False
+  c.seed = 0                   # in [0, 2**31).
   return c
 
 
@@ -92,6 +102,20 @@ def validate_config(config: ml_collections.ConfigDict,
                      (f" unknown {unknown};" if unknown else "") +
                      (f" missing {missing};" if missing else "") +
                      " every key is listed in zipfls_jax/training/config.py.")
+  for name, value in _flat_items(config.to_dict(), "config"):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{name} must be a finite number, got {value}.")
+  if not 0 <= config.seed < 2**31:
+    raise ValueError(f"config.seed must lie in [0, 2**31), got {config.seed}.")
+  if config.max_checkpoints_to_keep < 2:
+    raise ValueError("config.max_checkpoints_to_keep must be >= 2 (a damaged latest "
+                     f"checkpoint falls back to the previous one), got "
+                     f"{config.max_checkpoints_to_keep}.")
+  if config.num_processes < 0 or config.process_id < -1 or config.heartbeat_timeout_seconds <= 0:
+    raise ValueError("config.num_processes must be >= 0, config.process_id >= -1 and "
+                     "config.heartbeat_timeout_seconds > 0; got "
+                     f"{config.num_processes}, {config.process_id}, "
+                     f"{config.heartbeat_timeout_seconds}.")
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}.")
   if config.batch_norm not in parallel.BATCH_NORM_MODES:
@@ -120,6 +144,14 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ValueError("config.lr_decay_at must hold fractions of training in (0, 1), "
                      f"got {tuple(config.lr_decay_at)}.")
   objective_lib.Objective.from_config(config.loss)
+
+
+def _flat_items(tree, prefix):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_items(value, f"{prefix}.{key}")
+    else:
+      yield f"{prefix}.{key}", value
 
 
 def _compare_keys(config, reference, prefix, unknown, missing):

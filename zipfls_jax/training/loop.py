@@ -86,15 +86,16 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
                   eval_every_steps=eval_every_steps)
 
 
-class _PreemptionFlag:
-  """Whether to save and stop after this step: SIGTERM (TPU preemption, `kill`).
+class _SigtermFlag:
+  """Whether SIGTERM (a preemption, `kill`) arrived, with one process.
 
-  With one process, a Python SIGTERM handler sets a flag checked once per
-  step. With several, JAX's preemption service (started by
-  `jax.distributed.initialize`) owns SIGTERM and picks a step every host
-  reaches, so that all save together; a Python handler here would replace
-  its signal handler and let each host stop at its own step, hanging the
-  collective save.
+  With several processes, JAX's preemption service (started by
+  `jax.distributed.initialize`) owns SIGTERM and orbax's
+  `reached_preemption` names a step every host reaches, so that all save
+  together; a Python handler here would replace its signal handler and let
+  each host stop at its own step, hanging the collective save. With one
+  process and no distributed runtime that service does not exist and
+  `reached_preemption` is always False, so this handler covers SIGTERM.
   """
 
   def __init__(self):
@@ -115,11 +116,68 @@ class _PreemptionFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+
+def _env_int(name: str):
+  value = os.environ.get(name, "")
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name}={value!r} is not an integer.") from None
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize` from the config's keys or JAX's variables.
+
+  The coordinator address, process count and process id come from
+  `config.coordinator_address`, `config.num_processes` and
+  `config.process_id` when set, else from JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID, else from JAX's cluster detection
+  (Cloud TPU, SLURM, Open MPI). Does nothing unless `config.distributed`.
+
+  Raises:
+    ValueError: in one line, when they are neither given nor detectable.
+  """
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  num_processes = config.num_processes or _env_int("JAX_NUM_PROCESSES")
+  process_id = config.process_id if config.process_id >= 0 else _env_int("JAX_PROCESS_ID")
+  try:
+    jax.distributed.initialize(address, num_processes, process_id,
+                               heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
+  except ValueError as error:
+    raise ValueError(
+        f"config.distributed=True, but JAX found no cluster to join ({error}). On each process "
+        "set --config.coordinator_address=HOST:PORT (process 0's), --config.num_processes=N "
+        "and --config.process_id=I, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+        "JAX_PROCESS_ID.") from None
+
+
+def _topology() -> Dict[str, int]:
+  return {"process_count": jax.process_count(), "device_count": jax.device_count()}
+
+
+def _check_topology(saved: Dict[str, Any], allow: bool) -> None:
+  """Refuses to resume on another process or device count, unless allowed.
+
+  The train stream is split by process (each reads its own shard, shuffled
+  by its own seed), so another process count gives other batches; another
+  device count changes the order of float sums (and the BatchNorm groups
+  with batch_norm='per_device').
+  """
+  current = _topology()
+  changed = [f"{k} {saved[k]} -> {current[k]}" for k in current
+             if k in saved and saved[k] != current[k]]
+  if changed and not allow:
+    raise ValueError(
+        f"The checkpoint was written with another topology ({', '.join(changed)}); resuming "
+        "would not continue the same run (other batches and sums). Resume on the same "
+        "topology, or set --config.allow_topology_change=True to go on anyway.")
+  if changed:
+    logging.warning("Resuming on another topology (%s): the rest of the run differs from an "
+                    "uninterrupted one.", ", ".join(changed))
 
 
 def evaluate(eval_step, state: TrainState, batches: Iterator[Dict[str, np.ndarray]],
@@ -143,46 +201,90 @@ def _mean_metrics(history) -> Dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
+def _pending_to_json(history) -> list:
+  """The per-step metrics not yet logged, for the checkpoint of a SIGTERM stop."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
+
+
+def _pending_from_json(pending) -> list:
+  # float32 again, as the step returned them: the resumed run then averages
+  # exactly what an uninterrupted run would have.
+  return [{k: np.float32(v) for k, v in m.items()} for m in pending]
+
+
+def _abstract_batch(mesh, batch_size: int, image_shape, *, mask: bool) -> Dict[str, Any]:
+  sharding = parallel.batch_sharded(mesh)
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32,
+                                         sharding=sharding),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+  if mask:
+    batch["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharding)
+  return batch
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains and evaluates one run; resumes from `workdir` if it holds one.
+
+  Everything that can refuse the run (config values, dataset, data on disk,
+  model, a trace of the steps, a writable workdir) is checked before
+  anything is written, so a failed start leaves nothing that blocks the
+  corrected command.
 
   Returns:
     Summary: 'best_top1', 'final_top1', 'final_top5', 'step' and
     'preempted' (True when SIGTERM stopped the run early).
   """
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
-  if config.distributed and not jax.distributed.is_initialized():
-    # Before anything asks JAX for its devices (validation counts them).
-    jax.distributed.initialize()
+  # Before anything asks JAX for its devices (validation counts them).
+  initialize_distributed(config)
   config_lib.validate_config(config)
   data_dir = config.data_dir or None
-  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
-
   num_train = data.num_examples(config.dataset, "train", data_dir=data_dir)
   setup = build_setup(config, num_train_examples=num_train)
   mesh = parallel.make_data_mesh()
+  repl = parallel.replicated(mesh)
   init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
                            image_shape=setup.image_shape)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  rng = jax.random.key(config.seed)
+  abstract = checkpoint_lib.abstract_state(init, rng, repl)
+  train_step = parallel.compile_train_step(
+      setup.model, setup.tx, setup.objective, mesh, learning_rate_fn=setup.learning_rate_fn,
+      batch_norm=config.batch_norm)
+  eval_step = parallel.compile_eval_step(setup.model, mesh)
+  # Tracing both steps raises every trace-time check (model, loss and
+  # target arguments) now; the traces are cached for the real calls.
+  jax.eval_shape(train_step, abstract,
+                 _abstract_batch(mesh, config.batch_size, setup.image_shape, mask=False))
+  jax.eval_shape(eval_step, abstract,
+                 _abstract_batch(mesh, config.eval_batch_size, setup.image_shape, mask=True))
+  checkpoint_lib.check_workdir(workdir)
+  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
 
   checkpoints = checkpoint_lib.Checkpoints(
-      os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
-      max_to_keep=config.max_checkpoints_to_keep)
+      os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR),
+      every_steps=config.checkpoint_every_steps, max_to_keep=config.max_checkpoints_to_keep)
   progress = {"best_top1": 0.0, "best_top1_step": 0}
-  if checkpoints.latest_step() is not None:
-    state, progress = checkpoints.restore(state)
+  restored = checkpoints.restore(abstract)
+  if restored is None:
+    state = jax.jit(init, out_shardings=repl)(rng)
+    start_step = 0
+  else:
+    start_step, state, progress = restored
+    _check_topology(progress, config.allow_topology_change)
     if config.console:
-      print(f"Resuming {workdir} from step {checkpoints.latest_step()}.", flush=True)
-  start_step = int(jax.device_get(state.step))
+      print(f"Resuming {workdir} from step {start_step}.", flush=True)
+  # The step's metrics not logged before a SIGTERM stop, to average exactly
+  # as an uninterrupted run does.
+  history = _pending_from_json(progress.pop("pending_train_metrics", []))
+  progress = {k: progress[k] for k in ("best_top1", "best_top1_step")}
+  # Records written after the restored checkpoint (a run killed before its
+  # next save) would be logged again: drop them.
+  metrics_lib.drop_records_after(workdir, start_step)
   if start_step >= setup.total_steps:
     checkpoints.close()
     return {"best_top1": progress["best_top1"], "final_top1": None, "final_top5": None,
             "step": start_step, "preempted": False}
 
-  train_step = parallel.compile_train_step(
-      setup.model, setup.tx, setup.objective, mesh, learning_rate_fn=setup.learning_rate_fn,
-      batch_norm=config.batch_norm)
-  eval_step = parallel.compile_eval_step(setup.model, mesh)
   image_size = setup.image_shape[0]
   # The stream is a fixed function of the seed: starting it at the resumed
   # step gives the batches an uninterrupted run would have seen.
@@ -197,11 +299,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   clock = metrics_lib.Progress(setup.total_steps, start_step, config.batch_size)
   guard = (functools.partial(jax.transfer_guard, "disallow") if config.transfer_guard
            else contextlib.nullcontext)
-  history = []
   last_eval: Dict[str, float] = {}
   preempted = False
   step = start_step
-  with _PreemptionFlag() as flag:
+  with _SigtermFlag() as sigterm:
     while step < setup.total_steps:
       batch = parallel.shard_batch(next(train_iter), mesh)
       with guard():
@@ -210,11 +311,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       step += 1
       epoch = step / setup.steps_per_epoch
       is_last = step == setup.total_steps
-      stop = flag.should_stop(step)
-      save = is_last or stop or checkpoints.is_due(step)
+      # One process: our SIGTERM flag; several: the step orbax's
+      # reached_preemption names, the same on every host.
+      stop = (sigterm.requested or checkpoints.reached_preemption(step)) and not is_last
+      save = is_last or stop or checkpoints.should_save(step)
 
-      # Also at every save, so no checkpoint follows a NaN loss unchecked.
-      if step % config.log_every_steps == 0 or save:
+      # Also at every interval save, so no checkpoint follows a NaN loss
+      # unchecked; but not for a SIGTERM stop alone: its unlogged steps go
+      # into its checkpoint, and the resumed run logs what an uninterrupted
+      # one would (same steps, same averages).
+      if step % config.log_every_steps == 0 or is_last or checkpoints.on_interval(step):
         scalars = _mean_metrics(history)
         history = []
         metrics_lib.check_finite(scalars, step)
@@ -238,8 +344,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
       if save:
         metrics_lib.check_finite_state(state.params, step)
-        checkpoints.save(step, state, progress, force=True)
-      if stop and not is_last:
+        # A failed save stops the run (CheckpointSaveError, one line): the
+        # cause (a full disk, lost storage) rarely clears by itself.
+        checkpoints.save(step, state, {**progress, **_topology(),
+                                       "pending_train_metrics": _pending_to_json(history)})
+      if stop:
         preempted = True
         logging.warning("Stopped at step %d after SIGTERM; rerun the same command to resume.",
                         step)

@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
@@ -106,11 +107,53 @@ def check_finite_state(params, step: int) -> None:
 
 
 def read_metrics(workdir: str) -> list:
-  """All records of `<workdir>/metrics.jsonl`, in order (empty if none)."""
-  path = epath.Path(workdir) / METRICS_FILE
+  """All records of `<workdir>/metrics.jsonl`, in order (empty if none).
+
+  Lines that are not a JSON object with a 'step' (a line cut short by a
+  kill, garbage) are skipped with one warning naming the file and lines.
+  """
+  return _read_records(epath.Path(workdir) / METRICS_FILE)[0]
+
+
+def _read_records(path) -> tuple:
   if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [], []
+  records, bad = [], []
+  for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+      records.append(record)
+    else:
+      bad.append(number)
+  if bad:
+    logging.warning("Skipped %d unreadable line(s) of %s (line %s).", len(bad), path,
+                    ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+  return records, bad
+
+
+def drop_records_after(workdir: str, step: int) -> None:
+  """Keeps only the records of `<workdir>/metrics.jsonl` up to `step`.
+
+  A run resumed from the checkpoint of `step` logs the later steps again;
+  without this, the records written between that checkpoint and a kill
+  would appear twice. Unreadable lines (a record cut short by the kill)
+  go too. The file is written whole, then renamed. Process 0 only.
+  """
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / METRICS_FILE
+  records, bad = _read_records(path)
+  kept = [r for r in records if r["step"] <= step]
+  if len(kept) == len(records) and not bad:
+    return
+  partial = path.with_name(METRICS_FILE + ".tmp")
+  partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  partial.replace(path)
 
 
 class Progress:

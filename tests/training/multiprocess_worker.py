@@ -1,0 +1,71 @@
+"""One process of the two-process runs in test_multiprocess.py (not a test).
+
+    python -m tests.training.multiprocess_worker WORKDIR PORT PROCESS_ID STEPS DATA_DIR
+
+Two fake CPU devices, CPU collectives over gloo, the small local
+Fashion-MNIST in DATA_DIR, and the tiny config of test_loop.py with
+`config.distributed=True`. Each train
+batch waits 0.2 s, so that the test can signal the processes mid-run.
+Prints one line `SUMMARY {json}` with the loop's summary and the example
+count of every evaluation.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_disable_most_optimizations", True)
+
+import zipfls_jax.data as data  # noqa: E402
+from tests.training.test_loop import tiny_config  # noqa: E402
+from zipfls_jax.training import loop  # noqa: E402
+
+
+def config_for(steps, data_dir):
+  config = tiny_config("fashion_mnist", "cifar_resnet_tiny", steps=int(steps))
+  config.data_dir = data_dir
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.steps_per_epoch = 3
+  config.checkpoint_every_steps = 3
+  return config
+
+
+def main(workdir, port, process_id, steps, data_dir):
+  config = config_for(steps, data_dir)
+  config.distributed = True
+  config.coordinator_address = f"localhost:{port}"
+  config.num_processes = 2
+  config.process_id = int(process_id)
+  config.heartbeat_timeout_seconds = 5  # a killed peer fails the other quickly
+  config.transfer_guard = False
+
+  counts = []
+  evaluate = loop.evaluate
+
+  def counting_evaluate(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    counts.append(result["count"])
+    return result
+
+  create = data.create_train_iterator
+
+  def slow_iterator(*args, **kwargs):
+    for batch in create(*args, **kwargs):
+      time.sleep(0.2)
+      yield batch
+
+  loop.evaluate = counting_evaluate
+  data.create_train_iterator = slow_iterator
+  summary = loop.train_and_evaluate(config, workdir)
+  print("SUMMARY " + json.dumps(dict(summary, eval_counts=counts)), flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
