@@ -30,7 +30,11 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Train steps per method (0 = the confi
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here so that --help is instant.
+  # Imported here so that --help is instant. XLA:CPU flags for a faster
+  # train step go in before JAX starts (zipfls_jax/xla_flags.py says which
+  # and why; ZIPFLS_JAX_XLA_FLAGS=0 for none).
+  from zipfls_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.configure()
   from experiments import results_sheet  # pylint: disable=g-import-not-at-top
   from experiments.configs import fashion_mnist_demo  # pylint: disable=g-import-not-at-top
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top

@@ -51,6 +51,10 @@ def _one_line(error: BaseException) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Before JAX starts: XLA:CPU flags for a faster train step on CPUs
+  # (zipfls_jax/xla_flags.py says which and why; ZIPFLS_JAX_XLA_FLAGS=0 for none).
+  from zipfls_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.configure()
   from zipfls_jax.training import loop  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     # Progress goes to stdout; keep the libraries' INFO logs (one screen per
