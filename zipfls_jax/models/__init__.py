@@ -1,6 +1,6 @@
 """Flax linen classifiers with voting heads for Zipf's label smoothing.
 
-The authors' architectures (SPEC section 5) as pure functional modules:
+The authors' architectures (docs/method.md section 5) as pure functional modules:
 explicit `params` and `batch_stats`, so a training step stays a pure function
 for `jax.jit`, `jax.shard_map` and `pmap`. Each returns a `ModelOutput`
 (pooled logits, pooled features, optional dense votes, exit logits).
