@@ -36,9 +36,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, FloatingPointError, ValueError) as error:
-    # Missing data, a bad config value, a workdir of another config, NaN:
-    # the message says what to do; the traceback is for --verbosity=1.
+  except (FileNotFoundError, FloatingPointError, ImportError, ValueError) as error:
+    # Missing data, a bad config value, a workdir of another config, NaN, a
+    # .pth init_from without torch: the message says what to do; the
+    # traceback is for --verbosity=1.
     if flags.FLAGS.verbosity >= 1:
       raise
     sys.exit(f"error: {error}\n(rerun with --verbosity=1 for the traceback)")

@@ -31,7 +31,7 @@ from zipfls_jax.training import metrics as metrics_lib
 from zipfls_jax.training import objective as objective_lib
 from zipfls_jax.training import optim
 from zipfls_jax.training import parallel
-from zipfls_jax.training.state import TrainState, create_train_state
+from zipfls_jax.training.state import TrainState, create_train_state, init_from_pytorch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -173,6 +173,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state, progress = checkpoints.restore(state)
     if config.console:
       print(f"Resuming {workdir} from step {checkpoints.latest_step()}.", flush=True)
+  elif config.init_from:
+    state, kept = init_from_pytorch(state, setup.model, setup.tx, config.init_from,
+                                    sharding=parallel.replicated(mesh))
+    message = f"Initialised from {config.init_from}" + (
+        f"; re-initialised {', '.join(kept)} (the file's class count differs from the dataset's "
+        f"{setup.num_classes})." if kept else ".")
+    logging.info(message)
+    if config.console:
+      print(message, flush=True)
   start_step = int(jax.device_get(state.step))
   if start_step >= setup.total_steps:
     checkpoints.close()
