@@ -19,6 +19,7 @@ rule per architecture family and nothing that computes.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -168,12 +169,15 @@ def _family(model: nn.Module) -> Tuple[Callable[[Tuple[str, ...]], str], Tuple[s
 
 # --- One expected entry per leaf of our variables ---------------------------
 
+@dataclasses.dataclass(frozen=True)
 class _Entry:
-  """Where one leaf of ours comes from: torch key, torch shape, layout change."""
-
-  def __init__(self, collection, path, leaf, torch_key, shape, transpose, head):
-    self.collection, self.path, self.leaf = collection, path, leaf
-    self.torch_key, self.torch_shape, self.transpose, self.head = torch_key, shape, transpose, head
+  """Where one leaf of ours comes from."""
+  collection: str                          # 'params' or 'batch_stats'
+  path: Tuple[str, ...]                    # our module names, then the leaf's
+  torch_key: str
+  torch_shape: Tuple[int, ...]
+  transpose: Optional[Tuple[int, ...]]     # PyTorch layout -> ours
+  head: bool                               # the classifier or an exit head
 
 
 def _entries(model: nn.Module) -> List[_Entry]:
@@ -199,7 +203,7 @@ def _entries(model: nn.Module) -> List[_Entry]:
         torch_name = {"scale": "weight", "bias": "bias", "mean": "running_mean",
                       "var": "running_var"}[name]
         torch_shape, transpose = shape, None
-      entries.append(_Entry(collection, path, name, f"{prefix}.{torch_name}", torch_shape,
+      entries.append(_Entry(collection, path, f"{prefix}.{torch_name}", torch_shape,
                             transpose, head))
   return entries
 
@@ -299,10 +303,9 @@ def _build(model, num_classes, model_options) -> nn.Module:
   return model
 
 
-def _convert(model: nn.Module, weights: Weights, *, skip_heads: bool
-             ) -> Tuple[Dict[str, Any], List[_Entry], Dict[str, np.ndarray]]:
-  state_dict = read_pytorch_weights(weights)
-  entries = _entries(model)
+def _convert(model: nn.Module, state_dict: Dict[str, np.ndarray], entries: List[_Entry], *,
+             skip_heads: bool) -> Dict[str, Any]:
+  """The variables from a read state dict; raises ValueError on any mismatch."""
   _, optional_heads = _family(model)
   expected = {e.torch_key: e for e in entries}
   head_modules = {e.torch_key.rsplit(".", 1)[0] for e in entries if e.head}
@@ -333,8 +336,8 @@ def _convert(model: nn.Module, weights: Weights, *, skip_heads: bool
     node = variables[e.collection]
     for name in e.path[:-1]:
       node = node.setdefault(name, {})
-    node[e.leaf] = np.ascontiguousarray(value, np.float32)
-  return variables, entries, state_dict
+    node[e.path[-1]] = np.ascontiguousarray(value, np.float32)
+  return variables
 
 
 def _mismatch_message(model_name, missing, unknown, misshaped, limit=20) -> str:
@@ -395,8 +398,7 @@ def load_pytorch_weights(model: Union[nn.Module, str],
     TypeError: for a model without a PyTorch naming rule, or bad `weights`.
   """
   model = _build(model, num_classes, model_options)
-  variables, _, _ = _convert(model, weights, skip_heads=False)
-  return variables
+  return _convert(model, read_pytorch_weights(weights), _entries(model), skip_heads=False)
 
 
 def merge_pytorch_weights(variables: Mapping[str, Any],
@@ -427,7 +429,7 @@ def merge_pytorch_weights(variables: Mapping[str, Any],
   same_classes = all(
       e.torch_key in state_dict and tuple(state_dict[e.torch_key].shape) == e.torch_shape
       for e in entries if e.head)
-  loaded, _, _ = _convert(model, state_dict, skip_heads=not same_classes)
+  loaded = _convert(model, state_dict, entries, skip_heads=not same_classes)
   # Top-level modules are replaced whole: a head is either all loaded or all kept.
   merged = {c: {**variables.get(c, {}), **loaded[c]} for c in ("params", "batch_stats")}
   return merged, (() if same_classes else tuple(heads))

@@ -177,8 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state, kept = init_from_pytorch(state, setup.model, setup.tx, config.init_from,
                                     sharding=parallel.replicated(mesh))
     message = f"Initialised from {config.init_from}" + (
-        f"; re-initialised {', '.join(kept)} (the file's class count differs from the dataset's "
-        f"{setup.num_classes})." if kept else ".")
+        f"; re-initialised {', '.join(kept)} (the file has none for the dataset's "
+        f"{setup.num_classes} classes)." if kept else ".")
     logging.info(message)
     if config.console:
       print(message, flush=True)
