@@ -15,6 +15,8 @@ CORE = [
 MODELS = [
     "flax>=0.8.5",
     "optax>=0.2.3",
+    # Reads PyTorch weights (.safetensors) without torch: load_pytorch_weights.
+    "safetensors>=0.4",
 ]
 EXPERIMENTS = MODELS + [
     # tensorflow-cpu keeps TensorFlow off the accelerators; it is only

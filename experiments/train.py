@@ -67,10 +67,10 @@ def main(argv):
     sys.exit(f"error: {_one_line(error)}")
   try:
     summary = loop.train_and_evaluate(config, _WORKDIR.value)
-  except (OSError, FloatingPointError, ValueError) as error:
+  except (OSError, FloatingPointError, ImportError, ValueError) as error:
     # Missing data, a bad config value, a workdir of another config or one
-    # that cannot be written, a failed save, NaN: the message says what to
-    # do; the traceback is for --verbosity=1.
+    # that cannot be written, a failed save, NaN, a .pth init_from without
+    # torch: the message says what to do; the traceback is for --verbosity=1.
     if flags.FLAGS.verbosity >= 1:
       raise
     sys.exit(f"error: {error}\n(rerun with --verbosity=1 for the traceback)")

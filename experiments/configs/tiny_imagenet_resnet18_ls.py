@@ -1,4 +1,8 @@
-"""TinyImageNet, CIFAR ResNet18, label smoothing (eps 0.1) (SPEC 6)."""
+"""TinyImageNet, CIFAR ResNet18, label smoothing (eps 0.1) (docs/method.md section 6).
+
+Votes (used by Zipf's LS only): the final 4x4 map resized x2 (64 votes), as in the paper's
+ResNet18 numbers.
+"""
 from experiments.configs import default
 
 

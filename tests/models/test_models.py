@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tests.models import numpy_reference as ref
-from zipfls_jax.models import get_model
+from zipfls_jax.models import get_model, layers
 
 # name -> (image side, has exits). ImageNet-style variants divide by 32, so
 # they get 64x64 inputs to keep a 2x2 final map with a non-trivial resize.
@@ -45,8 +45,11 @@ def run(request):
   # Zero running statistics: after one update they hold exactly 0.1 (PyTorch's
   # momentum) times the batch statistics, which the eval test reads back.
   zero_stats = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+  # Every BatchNorm's output is captured too: its shape gives the n of the
+  # unbiased running variance.
   train_apply = jax.jit(lambda v, x: model.apply(
-      v, x, train=True, votes=True, mutable=["batch_stats", "intermediates"]))
+      v, x, train=True, votes=True, mutable=["batch_stats", "intermediates"],
+      capture_intermediates=lambda module, _: isinstance(module, layers.BatchNorm)))
   eval_apply = jax.jit(lambda v, x: model.apply(
       v, x, train=False, votes=True, mutable=["intermediates"]))
   train_out, train_state = train_apply(
@@ -87,11 +90,36 @@ def test_logits_and_votes_match_numpy_heads(run, mode):
   assert out.logits.dtype == jnp.float32 and out.votes.dtype == jnp.int32
 
 
+def bn_counts(intermediates):
+  """Values per channel each BatchNorm saw: {path: N * H * W} from its captured output."""
+  counts = {}
+  for path, out in jax.tree.flatten_with_path(
+      intermediates, is_leaf=lambda t: isinstance(t, tuple))[0]:
+    if path[-1].key == "__call__":
+      counts[tuple(p.key for p in path[:-1])] = int(np.prod(out[0].shape[:-1]))
+  return counts
+
+
 def test_train_and_eval_differ_only_in_batch_norm(run):
-  """Eval with running statistics set to the batch's equals train mode."""
+  """Eval with running statistics set to the batch's equals train mode.
+
+  PyTorch's running statistics (momentum 0.1) after one update from zero hold
+  0.1 * the batch mean and 0.1 * the *unbiased* batch variance, var * n / (n - 1)
+  with n = N * H * W at that layer. Undoing both gives the batch's own
+  statistics, which train mode normalised with, at every BN of the model.
+  """
   new_stats = run["train_state"]["batch_stats"]
-  # PyTorch's momentum 0.1: from zero, one update leaves 0.1 * the batch's.
-  batch_stats = jax.tree.map(lambda s: s / 0.1, new_stats)
+  counts = bn_counts(run["train_state"]["intermediates"])
+  paths = {tuple(p.key for p in path[:-1])
+           for path, _ in jax.tree.flatten_with_path(new_stats)[0]}
+  assert paths == set(counts) and min(counts.values()) >= 16
+
+  def batch_stat(path, s):
+    key = tuple(p.key for p in path)
+    n = counts[key[:-1]]
+    return s / 0.1 * ((n - 1) / n if key[-1] == "var" else 1.0)
+
+  batch_stats = jax.tree.map_with_path(batch_stat, new_stats)
   eval_out, _ = run["eval_apply"]({"params": run["variables"]["params"], "batch_stats": batch_stats},
                                   run["images"])
   train_out = run["train_out"]
@@ -100,8 +128,14 @@ def test_train_and_eval_differ_only_in_batch_norm(run):
   for got, want in zip(eval_out.exit_logits, train_out.exit_logits):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
   assert np.mean(np.asarray(eval_out.votes) == np.asarray(train_out.votes)) > 0.98
-  # The comparison has teeth: with the initial running statistics eval differs.
+  # The comparison has teeth: with the initial running statistics eval differs,
+  # and so it does when only the momentum is undone (as if the running
+  # variance held biased variances, Flax's rule).
   assert not np.allclose(run["eval_out"].logits, train_out.logits, rtol=1e-3, atol=1e-4)
+  momentum_only = jax.tree.map(lambda s: s / 0.1, new_stats)
+  out, _ = run["eval_apply"]({"params": run["variables"]["params"], "batch_stats": momentum_only},
+                             run["images"])
+  assert not np.allclose(out.logits, train_out.logits, rtol=1e-3, atol=1e-4)
 
 
 def test_eval_mode_leaves_batch_stats_alone_and_is_per_example(run):

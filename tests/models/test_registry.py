@@ -1,4 +1,4 @@
-"""Parameter counts and output shapes of every registered model (SPEC 5).
+"""Parameter counts and output shapes of every registered model (docs/method.md section 5).
 
 Only shapes are computed (`jax.eval_shape`), so the full-size models cost a
 trace each, nothing more. Expected counts are the published PyTorch ones.
@@ -12,7 +12,7 @@ from zipfls_jax.models import MODEL_NAMES, get_model
 
 # name -> (input size, final map side, pooled feature width D, C of the
 # reference count, parameters without exits, with exits). Counts are
-# PyTorch-style (BN scale + bias; no running statistics), from SPEC section 5
+# PyTorch-style (BN scale + bias; no running statistics), from docs/method.md section 5
 # / torchvision; None where there is no published count.
 MODELS = {
     "cifar_resnet18": (32, 4, 512, 100, 11_217_444, 11_256_044),

@@ -1,6 +1,6 @@
 """Flax linen classifiers with voting heads for Zipf's label smoothing.
 
-The authors' architectures (SPEC section 5) as pure functional modules:
+The authors' architectures (docs/method.md section 5) as pure functional modules:
 explicit `params` and `batch_stats`, so a training step stays a pure function
 for `jax.jit`, `jax.shard_map` and `pmap`. Each returns a `ModelOutput`
 (pooled logits, pooled features, optional dense votes, exit logits).
@@ -12,6 +12,11 @@ from zipfls_jax.models.densenet import DenseNet
 from zipfls_jax.models.heads import VotingHead
 from zipfls_jax.models.mobilenet_v2 import MobileNetV2
 from zipfls_jax.models.outputs import ModelOutput, join_exits
+from zipfls_jax.models.pytorch_weights import (
+    load_pytorch_weights,
+    merge_pytorch_weights,
+    read_pytorch_weights,
+)
 from zipfls_jax.models.registry import MODEL_NAMES, get_model
 from zipfls_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -28,4 +33,7 @@ __all__ = [
     "VotingHead",
     "get_model",
     "join_exits",
+    "load_pytorch_weights",
+    "merge_pytorch_weights",
+    "read_pytorch_weights",
 ]

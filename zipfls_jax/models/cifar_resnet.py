@@ -1,11 +1,12 @@
 """Pre-activation ResNets for 32x32 inputs, as the authors trained on CIFAR.
 
-SPEC section 5: stem conv3x3 + BN + ReLU (no max-pool), four stages of
-pre-activation blocks, no final BN/ReLU, global average pool and one linear
-classifier; the multi-exit variant adds a linear exit on the outputs of
-stages 2 and 3. PyTorch's default initialisers, which the authors' CIFAR
-models used. The module defines architecture only; losses read its
-`ModelOutput`.
+docs/method.md section 5: stem conv3x3 + BN + ReLU (no max-pool), four
+stages of pre-activation blocks, no final BN/ReLU, global average pool and
+one linear classifier; the multi-exit variant adds a linear exit on the
+outputs of stages 2 and 3. This is the authors' `CIFAR_ResNet` function
+exactly, including their block's shortcut, which adds ReLU(BN1(x)) rather
+than x. PyTorch's default initialisers, which the authors' CIFAR models
+used. The module defines architecture only; losses read its `ModelOutput`.
 """
 from __future__ import annotations
 
@@ -17,14 +18,19 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zipfls_jax.models import initializers, layers
-from zipfls_jax.models.heads import VotingHead
-from zipfls_jax.models.outputs import ModelOutput, join_exits
+from zipfls_jax.models.heads import linear_heads
+from zipfls_jax.models.outputs import ModelOutput
 
 
 class PreActBlock(nn.Module):
-  """o = ReLU(BN(x)); out = conv3x3(ReLU(BN(conv3x3(o)))) + shortcut.
+  """o = ReLU(BN(x)); out = conv3x3(ReLU(BN(conv3x3(o)))) + shortcut(o).
 
-  The shortcut is x, or a strided 1x1 convolution of o when the shape changes.
+  The shortcut is o itself, or a strided 1x1 convolution of o when the shape
+  changes. It is o, not x, in the identity case too: the authors' block
+  (PyTorch and MegEngine alike) applies its shortcut, an empty
+  `nn.Sequential` when the shape is kept, to o. Their published numbers come
+  from that function, so it is kept although He et al.'s pre-activation
+  block adds x.
   """
   features: int
   strides: int
@@ -38,7 +44,7 @@ class PreActBlock(nn.Module):
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = self.conv(self.features, 1, strides=self.strides, name="shortcut")(o)
     else:
-      shortcut = x
+      shortcut = o
     y = self.conv(self.features, 3, strides=self.strides, name="conv1")(o)
     y = nn.relu(self.norm(name="bn2")(y))
     # The branch ends in a conv, not a BN: zeroing its kernel starts the branch
@@ -50,16 +56,17 @@ class PreActBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-  """Pre-activation ResNet for small images (SPEC 5, "CIFAR_ResNet18").
+  """Pre-activation ResNet for small images (the authors' "CIFAR_ResNet18").
 
   Attributes:
     stage_sizes: blocks per stage.
     num_classes: C.
     widths: channels per stage; stages after the first halve the resolution.
     exits: add the intermediate linear heads on the outputs of `exit_stages`.
-    exit_stages: 0-based stages whose output feeds an exit (SPEC: 2nd, 3rd).
+    exit_stages: 0-based stages whose output feeds an exit (the authors':
+      2nd and 3rd).
     vote_exits: with `exits`, the exits vote too (after the final head's votes).
-    vote_upsample: None or the bilinear factor for voting (SPEC 1.1).
+    vote_upsample: None or the bilinear factor for voting (docs/method.md 1.1).
     dtype: computation dtype; parameters stay float32, logits are float32.
     bn_axis_name: axis to average BN batch statistics over (shard_map / pmap).
     zero_init_residual: start every residual branch at zero (a zero kernel
@@ -97,19 +104,9 @@ class CifarResNet(nn.Module):
             name=f"stage{i + 1}_block{j + 1}")(x)
       if self.exits and i in self.exit_stages:
         exit_maps.append(x)
-
-    def head(feature_map, name, vote):
-      return VotingHead(
-          self.num_classes,
-          vote_upsample=self.vote_upsample,
-          kernel_init=initializers.torch_default_kernel,
-          bias_init=initializers.torch_default_bias(feature_map.shape[-1]),
-          name=name)(feature_map, votes=vote)
-
-    final = head(x, "head", votes)
-    exit_outputs = [head(m, f"exit{k + 1}_head", votes and self.vote_exits)
-                    for k, m in enumerate(exit_maps)]
-    return join_exits(final, exit_outputs, vote_exits=self.vote_exits)
+    return linear_heads(x, exit_maps, num_classes=self.num_classes,
+                        vote_upsample=self.vote_upsample, votes=votes,
+                        vote_exits=self.vote_exits)
 
 
 CifarResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2))

@@ -1,13 +1,16 @@
 """DenseNets: the authors' CIFAR variant and torchvision's ImageNet one.
 
-One class covers both (SPEC section 5): dense layers BN-ReLU-1x1(bn_size *
-growth)-BN-ReLU-3x3(growth) whose outputs are concatenated, transitions
-BN-ReLU-1x1(c * compression)-avgpool2, then a final BN-ReLU, global average
-pool and one linear classifier. The CIFAR stem is a bare conv3x3 (no BN);
-torchvision's is conv7x7/2-BN-ReLU-maxpool/2. The CIFAR multi-exit variant
-puts an exit after the 2nd and 3rd transitions, each with its own BN-ReLU
-feeding both its pooling and its votes (this placement is the one that gives
-the SPEC's 7,127,084 parameters at C=100). Architecture only.
+One class covers both (docs/method.md section 5): dense layers
+BN-ReLU-1x1(bn_size * growth)-BN-ReLU-3x3(growth) whose outputs are
+concatenated, transitions BN-ReLU-1x1(c * compression)-avgpool2, then a final
+BN-ReLU, global average pool and one linear classifier. The CIFAR stem is a
+bare conv3x3 (no BN); torchvision's is conv7x7/2-BN-ReLU-maxpool/2. The two
+also differ in the order of the concatenation: the authors' CIFAR layer puts
+its new channels first (`cat([new, input])`), torchvision's puts them last.
+The CIFAR multi-exit variant puts an exit after the 2nd and 3rd transitions,
+each with its own BN-ReLU feeding both its pooling and its votes (this
+placement is the one that gives the authors' 7,127,084 parameters at
+C=100). Architecture only.
 """
 from __future__ import annotations
 
@@ -20,22 +23,29 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zipfls_jax.models import initializers, layers
-from zipfls_jax.models.heads import VotingHead
-from zipfls_jax.models.outputs import ModelOutput, join_exits
+from zipfls_jax.models.heads import linear_heads
+from zipfls_jax.models.outputs import ModelOutput
 
 
 class DenseLayer(nn.Module):
-  """Bottleneck layer; returns its input with `growth_rate` new channels appended."""
+  """Bottleneck layer; returns its input and `growth_rate` new channels, concatenated.
+
+  `new_first` puts the new channels before the input's (the authors' CIFAR
+  layer, `torch.cat([new, x], 1)`), else after them (torchvision). The
+  parameter count is the same either way, but the order decides which
+  input channel each later kernel row reads, so it must match the weights'.
+  """
   growth_rate: int
   bn_size: int
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  new_first: bool = False
 
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.bn_size * self.growth_rate, 1, name="conv1")(nn.relu(self.norm(name="bn1")(x)))
     y = self.conv(self.growth_rate, 3, name="conv2")(nn.relu(self.norm(name="bn2")(y)))
-    return jnp.concatenate([x, y], axis=-1)
+    return jnp.concatenate([y, x] if self.new_first else [x, y], axis=-1)
 
 
 class Transition(nn.Module):
@@ -60,6 +70,8 @@ class DenseNet(nn.Module):
     bn_size: bottleneck width in multiples of `growth_rate`.
     compression: channel factor of the transitions (floored, as PyTorch).
     cifar_stem: conv3x3 stem for 32x32 inputs; else torchvision's ImageNet stem.
+    new_channels_first: each dense layer concatenates its new channels
+      before its input (the authors' CIFAR model); else after (torchvision).
     stem_features: stem channels (None: 2 * growth_rate, as both references).
     exits: add exits after the transitions that end the blocks in
       `exit_blocks` (CIFAR variant).
@@ -77,6 +89,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   compression: float = 0.5
   cifar_stem: bool = True
+  new_channels_first: bool = True
   stem_features: int | None = None
   exits: bool = False
   exit_blocks: Sequence[int] = (1, 2)
@@ -109,6 +122,7 @@ class DenseNet(nn.Module):
     for i, size in enumerate(self.block_sizes):
       for j in range(size):
         x = DenseLayer(self.growth_rate, self.bn_size, conv=conv, norm=norm,
+                       new_first=self.new_channels_first,
                        name=f"block{i + 1}_layer{j + 1}")(x)
       if i < last_block:
         x = Transition(int(math.floor(x.shape[-1] * self.compression)), conv=conv, norm=norm,
@@ -116,29 +130,17 @@ class DenseNet(nn.Module):
         if self.exits and i in self.exit_blocks:
           exit_maps.append(nn.relu(norm(name=f"exit{len(exit_maps) + 1}_bn")(x)))
     x = nn.relu(norm(name="bn_final")(x))
-
-    def head(feature_map, name, vote):
-      bias_init = (nn.initializers.zeros if self.head_bias_zero
-                   else initializers.torch_default_bias(feature_map.shape[-1]))
-      return VotingHead(
-          self.num_classes,
-          vote_upsample=self.vote_upsample,
-          kernel_init=initializers.torch_default_kernel,
-          bias_init=bias_init,
-          name=name)(feature_map, votes=vote)
-
-    final = head(x, "head", votes)
-    exit_outputs = [head(m, f"exit{k + 1}_head", votes and self.vote_exits)
-                    for k, m in enumerate(exit_maps)]
-    return join_exits(final, exit_outputs, vote_exits=self.vote_exits)
+    return linear_heads(x, exit_maps, num_classes=self.num_classes,
+                        vote_upsample=self.vote_upsample, votes=votes,
+                        vote_exits=self.vote_exits, zero_bias=self.head_bias_zero)
 
 
 CifarDenseNet121 = functools.partial(DenseNet, block_sizes=(6, 12, 24, 16))
 DenseNet121 = functools.partial(
-    DenseNet, block_sizes=(6, 12, 24, 16), cifar_stem=False,
+    DenseNet, block_sizes=(6, 12, 24, 16), cifar_stem=False, new_channels_first=False,
     kernel_init=initializers.kaiming_normal_fan_in, head_bias_zero=True)
 # For tests: every code path of the two variants, at a fraction of the cost.
 CifarDenseNetTiny = functools.partial(DenseNet, block_sizes=(2, 2, 2, 2), growth_rate=8)
 DenseNetTiny = functools.partial(
-    DenseNet, block_sizes=(1, 1, 1, 1), growth_rate=8, cifar_stem=False,
+    DenseNet, block_sizes=(1, 1, 1, 1), growth_rate=8, cifar_stem=False, new_channels_first=False,
     kernel_init=initializers.kaiming_normal_fan_in, head_bias_zero=True)

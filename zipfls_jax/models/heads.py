@@ -3,19 +3,20 @@
 A drop-in replacement for "global average pool -> `nn.Dense(num_classes)`"
 in any Flax backbone. Its parameters are exactly `nn.Dense`'s (`kernel`
 (D, C), `bias` (C,)), and the same kernel and bias produce both the pooled
-logits and the per-position votes of SPEC 1.1, so a model gets Zipf's label
+logits and the per-position votes of docs/method.md section 1.1, so a model gets Zipf's label
 smoothing by swapping its head and nothing else. The head never backpropagates
 through the votes and never changes the pooled logits when votes are asked for.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from zipfls_jax.models.outputs import ModelOutput
+from zipfls_jax.models import initializers
+from zipfls_jax.models.outputs import ModelOutput, join_exits
 from zipfls_jax.votes import dense_votes
 
 
@@ -48,7 +49,7 @@ class VotingHead(nn.Module):
   Attributes:
     num_classes: C.
     vote_upsample: None, or an integer factor for a bilinear resize of the
-      feature map before voting (SPEC 1.1: the authors use 2). Pooling always
+      feature map before voting (docs/method.md section 1.1: the authors use 2). Pooling always
       uses the original map.
     dropout_rate: dropout on the pooled features before the classifier (as in
       torchvision's MobileNetV2); votes see no dropout.
@@ -100,3 +101,34 @@ class VotingHead(nn.Module):
     if votes:
       ids = dense_votes(feature_map, kernel, bias, upsample=self.vote_upsample)
     return ModelOutput(logits=logits, features=features, votes=ids)
+
+
+def linear_heads(final_map: jax.Array,
+                 exit_maps: Sequence[jax.Array] = (),
+                 *,
+                 num_classes: int,
+                 vote_upsample: Optional[int],
+                 votes: bool,
+                 vote_exits: bool = False,
+                 zero_bias: bool = False) -> ModelOutput:
+  """The final head and one head per exit map, initialised like `torch.nn.Linear`.
+
+  Call it inside a model's compact `__call__`: the heads become that model's
+  submodules 'head' and 'exit1_head', 'exit2_head', ... (shallowest exit
+  first). Kernels are PyTorch's default uniform; biases too, or zero with
+  `zero_bias` (torchvision's DenseNet). The exits vote only with
+  `vote_exits`; their logits and votes join the final head's by `join_exits`.
+  """
+  def head(feature_map, name, vote):
+    bias_init = (nn.initializers.zeros if zero_bias
+                 else initializers.torch_default_bias(feature_map.shape[-1]))
+    return VotingHead(
+        num_classes,
+        vote_upsample=vote_upsample,
+        kernel_init=initializers.torch_default_kernel,
+        bias_init=bias_init,
+        name=name)(feature_map, votes=vote)
+
+  final = head(final_map, "head", votes)
+  exits = [head(m, f"exit{k + 1}_head", votes and vote_exits) for k, m in enumerate(exit_maps)]
+  return join_exits(final, exits, vote_exits=vote_exits)

@@ -1,10 +1,10 @@
 """torchvision's MobileNetV2, with a voting head.
 
-SPEC section 5: inverted residual blocks (1x1 expand-BN-ReLU6, 3x3 depthwise-
+docs/method.md section 5: inverted residual blocks (1x1 expand-BN-ReLU6, 3x3 depthwise-
 BN-ReLU6, 1x1 project-BN, identity shortcut when shapes match), a 1x1 conv to
 1280 channels, global average pool, dropout 0.2 and one linear classifier,
 which also votes on the final 7x7 map (the authors' code voted with a fresh,
-untrained layer instead: SPEC 8, not copied). torchvision's initialisers.
+untrained layer instead: docs/method.md section 8, not copied). torchvision's initialisers.
 Training with `dropout_rate > 0` needs `rngs={'dropout': key}` in `apply`.
 Architecture only.
 """

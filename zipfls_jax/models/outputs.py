@@ -2,7 +2,7 @@
 
 `ModelOutput` is the one structure a training step reads: pooled logits for
 cross-entropy and evaluation, pooled features, optional dense votes for the
-Zipf target (SPEC 1.1) and the intermediate exits' logits. It holds arrays
+Zipf target (docs/method.md section 1.1) and the intermediate exits' logits. It holds arrays
 only, so it passes through `jax.jit`, `shard_map` and `pmap` as a pytree. This
 module computes nothing itself; the heads fill it.
 """
@@ -41,7 +41,7 @@ def join_exits(final: ModelOutput,
   """Adds the exit heads' logits (and votes, if `vote_exits`) to `final`.
 
   Votes are concatenated along K in the order final, then exits shallowest
-  first; the ranking of SPEC 1.2 only counts votes, so the order matters only
+  first; the ranking of docs/method.md section 1.2 only counts votes, so the order matters only
   to code that slices the votes back apart.
   """
   votes = final.votes

@@ -15,7 +15,7 @@ from flax import linen as nn
 from zipfls_jax.models import cifar_resnet, densenet, mobilenet_v2, resnet
 from zipfls_jax.models.heads import check_vote_upsample
 
-# name -> (constructor, has intermediate exits of SPEC 5)
+# name -> (constructor, has intermediate exits of docs/method.md section 5)
 _MODELS: Dict[str, Tuple[Callable[..., nn.Module], bool]] = {
     "cifar_resnet18": (cifar_resnet.CifarResNet18, True),
     "cifar_resnet34": (cifar_resnet.CifarResNet34, True),
@@ -49,7 +49,7 @@ def get_model(name: str, *, num_classes: int, exits: bool = False, **kwargs) -> 
   Args:
     name: one of `MODEL_NAMES`.
     num_classes: C, an int >= 2.
-    exits: add the intermediate heads of SPEC section 5 (CIFAR models only).
+    exits: add the intermediate heads of docs/method.md section 5 (CIFAR models only).
     **kwargs: fields of the model class, e.g. `dtype` (compute dtype;
       parameters stay float32), `bn_axis_name`, `vote_upsample` (None or 2),
       `vote_exits`, `zero_init_residual`, `dropout_rate` (MobileNetV2).
@@ -67,7 +67,7 @@ def get_model(name: str, *, num_classes: int, exits: bool = False, **kwargs) -> 
   if exits and not has_exits:
     exit_models = ", ".join(n for n, (_, e) in _MODELS.items() if e)
     raise ValueError(
-        f"`exits=True`: {name!r} has no intermediate exits (SPEC 5 defines them for {exit_models}).")
+        f"`exits=True`: {name!r} has no intermediate exits (the authors define them for {exit_models}).")
   check_vote_upsample(kwargs.get("vote_upsample"))
   if kwargs.get("vote_exits") and not exits:
     raise ValueError("`vote_exits=True` needs `exits=True`: there are no exit heads to vote.")

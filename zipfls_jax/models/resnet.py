@@ -1,6 +1,6 @@
 """torchvision-style ResNets and ResNeXts (v1.5: the stride sits on the 3x3).
 
-SPEC section 5, ImageNet / iNaturalist models: stem conv7x7/2-BN-ReLU-
+docs/method.md section 5, ImageNet / iNaturalist models: stem conv7x7/2-BN-ReLU-
 maxpool3x3/2, four stages of basic or bottleneck blocks with a conv1x1-BN
 projection shortcut where the shape changes, global average pool and one
 linear classifier, which also votes on the final 7x7 map. torchvision's
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zipfls_jax.models import initializers, layers
-from zipfls_jax.models.heads import VotingHead
+from zipfls_jax.models.heads import linear_heads
 from zipfls_jax.models.outputs import ModelOutput
 
 
@@ -121,12 +121,8 @@ class ResNet(nn.Module):
             conv=conv, norm=norm, groups=self.groups, width_per_group=self.width_per_group,
             zero_init_residual=self.zero_init_residual,
             name=f"stage{i + 1}_block{j + 1}")(x)
-    return VotingHead(
-        self.num_classes,
-        vote_upsample=self.vote_upsample,
-        kernel_init=initializers.torch_default_kernel,
-        bias_init=initializers.torch_default_bias(x.shape[-1]),
-        name="head")(x, votes=votes)
+    return linear_heads(x, num_classes=self.num_classes, vote_upsample=self.vote_upsample,
+                        votes=votes)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

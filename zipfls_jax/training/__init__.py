@@ -20,7 +20,7 @@ from zipfls_jax.training.parallel import (
     replicated,
     shard_batch,
 )
-from zipfls_jax.training.state import TrainState, create_train_state
+from zipfls_jax.training.state import TrainState, create_train_state, init_from_pytorch
 from zipfls_jax.training.step import make_eval_step, make_train_step, topk_correct
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "create_learning_rate_schedule",
     "create_optimizer",
     "create_train_state",
+    "init_from_pytorch",
     "global_mean",
     "make_data_mesh",
     "make_eval_step",

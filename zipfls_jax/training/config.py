@@ -8,6 +8,7 @@ range, naming them. This module must not build models or read data.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import jax
@@ -37,6 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.vote_exits = False         # with exits, the exits vote too.
   c.vote_upsample = 2          # bilinear resize before voting; 0 = none.
   c.zero_init_residual = False
+  # PyTorch weights to start from ('' = none): a local .safetensors file, or a
+  # .pth / .pt state dict when torch is installed; torchvision names for the
+  # ImageNet models, the authors' for the CIFAR ones (models.load_pytorch_weights).
+  # The classifier and exit heads start afresh when the class count differs.
+  # Ignored when the workdir already holds a checkpoint to resume.
+  c.init_from = ""
   # Further keyword arguments of get_model (e.g. widths=(16, 32, 64, 128));
   # free-form, so set them in a config file.
   c.model_options = ml_collections.ConfigDict()
@@ -116,6 +123,12 @@ def validate_config(config: ml_collections.ConfigDict,
                      "config.heartbeat_timeout_seconds > 0; got "
                      f"{config.num_processes}, {config.process_id}, "
                      f"{config.heartbeat_timeout_seconds}.")
+  if not isinstance(config.init_from, str):
+    raise ValueError(f"config.init_from must be a path string ('' for none), got "
+                     f"{config.init_from!r}.")
+  if config.init_from and not os.path.isfile(config.init_from):
+    # Before any compilation: a typo should not cost a model's init.
+    raise FileNotFoundError(f"config.init_from: no weights file at {config.init_from!r}.")
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}.")
   if config.batch_norm not in parallel.BATCH_NORM_MODES:

@@ -31,7 +31,7 @@ from zipfls_jax.training import metrics as metrics_lib
 from zipfls_jax.training import objective as objective_lib
 from zipfls_jax.training import optim
 from zipfls_jax.training import parallel
-from zipfls_jax.training.state import TrainState, create_train_state
+from zipfls_jax.training.state import TrainState, create_train_state, init_from_pytorch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -268,6 +268,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if restored is None:
     state = jax.jit(init, out_shardings=repl)(rng)
     start_step = 0
+    if config.init_from:
+      state, kept = init_from_pytorch(state, setup.model, setup.tx, config.init_from,
+                                      sharding=repl)
+      message = f"Initialised from {config.init_from}" + (
+          f"; re-initialised {', '.join(kept)} (the file has none for the dataset's "
+          f"{setup.num_classes} classes)." if kept else ".")
+      logging.info(message)
+      if config.console:
+        print(message, flush=True)
   else:
     start_step, state, progress = restored
     _check_topology(progress, config.allow_topology_change)

@@ -7,7 +7,7 @@ and pmap, and under `jax.eval_shape` for restoring checkpoints.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -65,3 +65,35 @@ def create_train_state(rng: jax.Array,
       opt_state=tx.init(params),
       rng=state_rng,
   )
+
+
+def init_from_pytorch(state: TrainState,
+                      model: nn.Module,
+                      tx: optax.GradientTransformation,
+                      path: str,
+                      *,
+                      sharding: Optional[jax.sharding.Sharding] = None
+                      ) -> Tuple[TrainState, Tuple[str, ...]]:
+  """A fresh state with its weights taken from a PyTorch file.
+
+  Runs on the host, outside `jit`: the file's arrays are placed with
+  `sharding` (e.g. replicated over the mesh), never baked into a compiled
+  program. The backbone must match exactly; the classifier and exit heads
+  keep their fresh initialisation when the file's class count differs
+  (`zipfls_jax.models.merge_pytorch_weights`), and the optimizer state is
+  initialised for the new parameters.
+
+  Returns:
+    (state, heads kept from the fresh initialisation: empty when the class
+    counts agree).
+  """
+  from zipfls_jax import models  # pylint: disable=g-import-not-at-top
+  fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  merged, kept = models.merge_pytorch_weights(fresh, model, path)
+  if sharding is None:
+    params, batch_stats = jax.tree.map(jnp.asarray, (merged["params"], merged["batch_stats"]))
+    opt_state = jax.jit(tx.init)(params)
+  else:
+    params, batch_stats = jax.device_put((merged["params"], merged["batch_stats"]), sharding)
+    opt_state = jax.jit(tx.init, out_shardings=sharding)(params)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), kept
