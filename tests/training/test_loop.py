@@ -16,13 +16,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 import zipfls_jax.data as data
-from experiments.configs import default
+from experiments.configs import paper
 from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import loop
 
 
 def tiny_config(dataset, model, *, method="zipf", steps=3):
-  config = default.recipe("cifar100", model, method)
+  config = paper.recipe("cifar100", model, method)
   config.dataset = dataset
   config.image_size = 16
   config.batch_size = 16
