@@ -125,18 +125,21 @@ def test_recipes_follow_method_section_6(arg, lam, upsample, batch, epochs, sche
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("lr_schedule", "linear", r"config\.lr_schedule must be one of .*got 'linear'"),
-    ("lr_decay_at", (0.5, 1.5), r"config\.lr_decay_at must hold fractions .*got \(0\.5, 1\.5\)"),
-    ("learning_rate", -0.1, r"config\.learning_rate must be > 0, got -0\.1"),
-    ("lr_decay_every_epochs", 0.0, r"config\.lr_decay_every_epochs must be > 0, got 0\.0"),
-    ("momentum", -0.9, r"config\.momentum must be >= 0, got -0\.9"),
+    ("lr_schedule", "linear", r"lr_schedule must be one of .*got 'linear'"),
+    ("lr_decay_at", (0.5, 1.5), r"lr_decay_at must hold fractions .*got \(0\.5, 1\.5\)"),
+    ("learning_rate", -0.1, r"learning_rate must be > 0, got -0\.1"),
+    ("lr_decay_every_epochs", 0.0, r"lr_decay_every_epochs must be > 0, got 0\.0"),
+    ("momentum", -0.9, r"momentum must be >= 0, got -0\.9"),
     ("image_size", -32, r"config\.image_size must be >= 0, got -32"),
+    ("eval_every_epochs", 0.0, r"config\.eval_every_epochs must be > 0, got 0\.0"),
 ])
 def test_bad_values_name_the_config_key(key, value, match):
+  # What a run does before it writes anything: check, then build.
   config = load(PAPER, "cifar100,cifar_resnet18,zipf")
   config[key] = value
   with pytest.raises(ValueError, match=match):
     config_lib.validate_config(config)
+    loop.build_setup(config, num_train_examples=50_000)
 
 
 def test_entry_point_names_a_bad_override_key():

@@ -33,7 +33,7 @@ def make_batch(seed=0):
 def setup():
   mesh = training.make_data_mesh()
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.05, schedule="step", steps_per_epoch=10, num_epochs=1)
+      learning_rate=0.05, lr_schedule="step", steps_per_epoch=10, num_epochs=1)
   tx = training.create_optimizer(schedule)
   init = jax.jit(functools.partial(training.create_train_state, model=tiny_model(), tx=tx,
                                    image_shape=(SIZE, SIZE, 3)),

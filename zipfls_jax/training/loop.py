@@ -51,7 +51,11 @@ class RunSetup:
 
 
 def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -> RunSetup:
-  """Model, optimizer, schedule and objective of a config (cheap: no arrays)."""
+  """Model, optimizer, schedule and objective of a config (cheap: no arrays).
+
+  Building them checks the config values they own (`validate_config` checks
+  the keys and the rest); each error names the config key.
+  """
   from zipfls_jax import data, models  # pylint: disable=g-import-not-at-top
   spec = data.get_dataset_spec(config.dataset)
   image_size = config.image_size or spec.image_size
@@ -72,10 +76,11 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
   else:
     total_steps = int(round(config.num_epochs * steps_per_epoch))
   learning_rate_fn = optim.create_learning_rate_schedule(
-      base_learning_rate=config.learning_rate, schedule=config.lr_schedule,
+      learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
       steps_per_epoch=steps_per_epoch, num_epochs=total_steps / steps_per_epoch,
-      warmup_epochs=config.warmup_epochs, decay_factor=config.lr_decay_factor,
-      decay_at=tuple(config.lr_decay_at), decay_every_epochs=config.lr_decay_every_epochs)
+      warmup_epochs=config.warmup_epochs, lr_decay_factor=config.lr_decay_factor,
+      lr_decay_at=tuple(config.lr_decay_at),
+      lr_decay_every_epochs=config.lr_decay_every_epochs)
   tx = optim.create_optimizer(learning_rate_fn, momentum=config.momentum,
                               nesterov=config.nesterov, weight_decay=config.weight_decay)
   eval_every_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
@@ -156,10 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     jax.distributed.initialize()
   config_lib.validate_config(config)
   data_dir = config.data_dir or None
-  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
-
   num_train = data.num_examples(config.dataset, "train", data_dir=data_dir)
   setup = build_setup(config, num_train_examples=num_train)
+  # Only a config that builds is written to the workdir, so that a corrected
+  # rerun of a failed start is not refused as another config.
+  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
   mesh = parallel.make_data_mesh()
   init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
                            image_shape=setup.image_shape)
