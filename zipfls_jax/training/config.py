@@ -1,9 +1,11 @@
 """Every key of a run's config, with its meaning, and the check of a config.
 
 `base_config()` is the schema: the paper's CIFAR-100 CIFAR-ResNet18 CE run
-(SPEC section 6). Experiment configs start from it and change only what
-differs; `validate_config` refuses keys it does not know and values out of
-range, naming them. This module must not build models or read data.
+(docs/method.md section 6). Experiment configs start from it and change only
+what differs; `validate_config` refuses keys it does not know and the values
+out of range that no builder checks, naming them (the objective's and the
+optimizer's values are checked by what they build). This module must not
+build models or read data.
 """
 from __future__ import annotations
 

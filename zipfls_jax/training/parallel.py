@@ -29,8 +29,8 @@ BATCH_NORM_MODES = ("sync", "per_device")
 def make_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A one-dimensional mesh over `devices` (default: all devices, all hosts)."""
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,),
-              axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
