@@ -139,6 +139,28 @@ def test_topk_correct_counts_ties_for_the_label():
   np.testing.assert_array_equal(training.topk_correct(logits, labels, 3), [True, True, False])
 
 
+def test_prefetch_places_batches_in_order_reading_at_most_size_ahead():
+  mesh = training.make_data_mesh()
+  read = []
+
+  def batches():
+    for i in range(5):
+      read.append(i)
+      yield {"x": np.full((8, 2), i, np.float32)}
+
+  placed = training.prefetch_to_mesh(batches(), mesh, size=2)
+  first = next(placed)
+  assert read == [0, 1]
+  assert first["x"].sharding == training.batch_sharded(mesh)
+  assert first["x"].addressable_shards[3].data.shape == (1, 2)
+  second = next(placed)
+  assert read == [0, 1, 2]
+  values = [first, second, *placed]
+  assert [float(b["x"][0, 0]) for b in values] == [0.0, 1.0, 2.0, 3.0, 4.0]
+  with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
+    next(training.prefetch_to_mesh(batches(), mesh, size=0))
+
+
 def test_eval_step_counts_only_unmasked_rows():
   mesh, _, _, _ = setup()
   model = tiny_model()

@@ -17,7 +17,7 @@ import functools
 import os
 import signal
 import threading
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -127,12 +127,12 @@ class _PreemptionFlag:
     return self.requested
 
 
-def evaluate(eval_step, state: TrainState, batches: Iterator[Dict[str, np.ndarray]],
+def evaluate(eval_step, state: TrainState, batches: Iterable[Dict[str, np.ndarray]],
              mesh) -> Dict[str, float]:
-  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches`."""
+  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches` (host batches)."""
   totals = None
-  for batch in batches:
-    sums = eval_step(state, parallel.shard_batch(batch, mesh))
+  for batch in parallel.prefetch_to_mesh(batches, mesh):
+    sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError("The eval iterator yielded no batches.")
@@ -192,12 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   image_size = setup.image_shape[0]
   # The stream is a fixed function of the seed: starting it at the resumed
   # step gives the batches an uninterrupted run would have seen.
-  train_iter = data.create_train_iterator(
+  train_batches = parallel.prefetch_to_mesh(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      data_dir=data_dir, image_size=image_size, start_step=start_step)
-  make_eval_iter = functools.partial(
-      data.create_eval_iterator, config.dataset, global_batch_size=config.eval_batch_size,
-      data_dir=data_dir, image_size=image_size)
+      data_dir=data_dir, image_size=image_size, start_step=start_step), mesh)
+  eval_batches = data.create_eval_iterator(  # built once, one exact pass per `for`
+      config.dataset, global_batch_size=config.eval_batch_size, data_dir=data_dir,
+      image_size=image_size)
 
   writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
   clock = metrics_lib.Progress(setup.total_steps, start_step, config.batch_size)
@@ -209,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step = start_step
   with _PreemptionFlag() as flag:
     while step < setup.total_steps:
-      batch = parallel.shard_batch(next(train_iter), mesh)
+      batch = next(train_batches)
       with guard():
         state, metrics = train_step(state, batch)
       history.append(metrics)
@@ -231,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           print(clock.line(step, epoch, scalars, eta), flush=True)
 
       if step % setup.eval_every_steps == 0 or is_last:
-        last_eval = evaluate(eval_step, state, make_eval_iter(), mesh)
+        last_eval = evaluate(eval_step, state, eval_batches, mesh)
         clock.exclude_time_since_last_call()
         if last_eval["top1"] > progress["best_top1"]:
           progress = {"best_top1": last_eval["top1"], "best_top1_step": step}
