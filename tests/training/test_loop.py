@@ -87,13 +87,14 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
   with mock():
     straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
 
-    # Preempt the second run while it fetches its 2nd batch: it must finish
-    # that step, save and stop.
+    # Preempt the second run while it reads its 3rd batch, that is as it
+    # starts step 2 (batches are placed on the devices one step ahead): it
+    # must finish that step, save and stop.
     create = data.create_train_iterator
 
     def preempted_iterator(*args, **kwargs):
       for count, batch in enumerate(create(*args, **kwargs), start=1):
-        if count == 2:
+        if count == 3:
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
 
