@@ -122,10 +122,11 @@ def main():
     except FileNotFoundError:
       data_dir = synthetic_fashion_mnist(tmp)
     config = make_config(data_dir, args.steps, args.log_every)
+    source = "synthetic" if data_dir != args.data_dir else (data_dir or "tfds default dir")
     print(f"# {platform.processor() or platform.machine()}, {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), jax {jax.__version__}, "
           f"load {os.getloadavg()[0]:.1f}; {config.model}, batch {config.batch_size}, "
-          f"{args.steps} steps per run, data {'synthetic' if data_dir != args.data_dir else data_dir}")
+          f"{args.steps} steps per run, data: {source}")
     print("| rep | loop images/s | bare step images/s | ratio |")
     print("|---|---|---|---|")
     ratios = []

@@ -43,7 +43,8 @@ class MetricWriter:
     self._file = (epath.Path(workdir) / METRICS_FILE).open("a")
     if tensorboard:
       # First, so that TensorFlow stays off the accelerators (as in the pipelines).
-      from zipfls_jax.data import tensorflow_setup  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      # pylint: disable-next=g-import-not-at-top,unused-import
+      from zipfls_jax.data import tensorflow_setup  # noqa: F401
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
       self._tf = tf
