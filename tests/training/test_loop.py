@@ -19,6 +19,7 @@ import zipfls_jax.data as data
 from experiments.configs import default
 from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import loop
+from zipfls_jax.training import zipf_curves
 
 
 def tiny_config(dataset, model, *, method="zipf", steps=3):
@@ -68,6 +69,15 @@ def test_real_train_steps_under_mock_data(tmp_path, dataset, model):
   assert [r["step"] for r in evals] == [2, 3]
   for r in evals:
     assert 0.0 <= r["eval_top1"] <= r["eval_top5"] <= 100.0
+  # Every evaluation saved its ranked curve and logged its fits.
+  curves = zipf_curves.read_curves(str(tmp_path))
+  assert list(curves) == [2, 3]
+  for r in evals:
+    ranked = curves[r["step"]]
+    assert float(np.sum(ranked.count)) == 20  # the mock eval split, padding excluded
+    np.testing.assert_allclose(np.sum(ranked.mean()), 1.0, rtol=1e-5)
+    assert np.isfinite(r["eval_zipf_exponent"]) and np.isfinite(r["eval_zipf_nontarget_r2"])
+    assert r == r | zipf_curves.fit_scalars(ranked)
   assert summary["best_top1"] == max(r["eval_top1"] for r in evals)
   assert evals[-1]["best_top1"] == summary["best_top1"]
   assert os.path.isdir(tmp_path / "checkpoints" / "3")
