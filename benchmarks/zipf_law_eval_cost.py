@@ -10,8 +10,12 @@ devices, alternating the two so that load drifts hit both alike:
 * `cifar_resnet18`, 32x32, 1,000 classes: a cheap network with many
   classes, the least favourable case for the sort.
 
-Also timed: the host work done once per evaluation (`zipf_curves.
-record_evaluation`: two fits and one .npz written), reported per evaluation.
+On a loaded machine the whole-step difference is within the noise of one
+step, so the added work is also timed alone: `ranked_probability_sums` on
+the step's (batch, 1000) logits, jitted over the same mesh, many times
+(median); its share of the eval step is the estimate that the whole-step
+ratio should agree with. Also timed: the host work done once per evaluation
+(`zipf_curves.record_evaluation`: two fits and one .npz written).
 
   python -m benchmarks.zipf_law_eval_cost [--reps 7] [--resnet50_batch 32] [--cifar_batch 256]
 """
@@ -70,6 +74,25 @@ def time_pair(steps, state, data, reps):
   return {name: statistics.median(t) for name, t in times.items()}, times
 
 
+def ranked_sums_alone(num_classes, batch, mesh, reps):
+  """Median seconds of the ranked sums on (batch, num_classes) logits."""
+  rng = np.random.default_rng(2)
+  data = training.shard_batch(
+      {"logits": (3 * rng.normal(size=(batch, num_classes))).astype(np.float32),
+       "label": rng.integers(0, num_classes, size=batch).astype(np.int32),
+       "mask": np.arange(batch) < batch - 3}, mesh)
+  fn = jax.jit(lambda b: zipf_law.ranked_probability_sums(b["logits"], b["label"],
+                                                          where=b["mask"]),
+               out_shardings=training.replicated(mesh))
+  jax.block_until_ready(fn(data))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(data))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def host_cost(num_classes, reps):
   rng = np.random.default_rng(1)
   probs = rng.random((2, num_classes)).astype(np.float32)
@@ -96,16 +119,18 @@ def main():
   print(f"{platform.processor() or platform.machine()}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
   print("| model | image | C | batch | eval step ms (no curve) | with curve ms | ratio | "
-        "ratios per rep |")
-  print("|---|---|---|---|---|---|---|---|")
+        "ratios per rep | ranked sums alone ms | alone / step |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for model_name, size, batch in (("cifar_resnet18", 32, args.cifar_batch),
                                   ("resnet50", 224, args.resnet50_batch)):
     steps, state, data = build(model_name, 1000, size, batch, mesh)
     medians, times = time_pair(steps, state, data, args.reps)
     per_rep = ", ".join(f"{w / o:.3f}" for w, o in zip(times["with"], times["without"]))
+    alone = ranked_sums_alone(1000, batch, mesh, 20 * args.reps)
     print(f"| {model_name} | {size} | 1000 | {batch} | {1e3 * medians['without']:.1f} | "
           f"{1e3 * medians['with']:.1f} | {medians['with'] / medians['without']:.3f} | "
-          f"{per_rep} |", flush=True)
+          f"{per_rep} | {1e3 * alone:.2f} | {100 * alone / medians['without']:.2f}% |",
+          flush=True)
   print(f"Host work per evaluation (two fits + one .npz, C=1000): "
         f"{1e3 * host_cost(1000, args.reps):.2f} ms")
 
