@@ -7,7 +7,10 @@ from Debian's `dataset-fashion-mnist` IDX files; if neither works it prints
 what to do), trains the small CIFAR-style ResNet of
 `experiments/configs/fashion_mnist_demo.py` once per method, prints the
 comparison table and writes the curves to `<workdir>/curves.png` and the
-table to `<workdir>/results.md`. About 4-5 minutes on 2 CPU cores.
+table to `<workdir>/results.md`. It also prints each method's Zipf's-law fit
+(the exponent and R^2 of its mean ranked predictions, `zipfls_jax.zipf_law`)
+beside its top-1 and draws the ranked curves on log-log axes in
+`<workdir>/zipf_law.png`. About 4-5 minutes on 2 CPU cores.
 Rerunning resumes (finished runs are only reported).
 """
 import os
@@ -74,10 +77,17 @@ def main(argv):
   table = results_sheet.markdown_table(runs)
   plot = os.path.join(workdir, "curves.png")
   results_sheet.plot_curves(runs, plot)
+  zipf_table = results_sheet.zipf_table(runs)
+  zipf_plot = os.path.join(workdir, "zipf_law.png")
+  results_sheet.plot_zipf_law(runs, zipf_plot)
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("# Fashion-MNIST demo: best top-1 on the 10,000 test images\n\n" + table + "\n")
+    f.write("# Fashion-MNIST demo: best top-1 on the 10,000 test images\n\n" + table + "\n"
+            "\n## Zipf's law of the ranked predictions (last evaluation)\n\n" + zipf_table + "\n")
   print("\n" + table)
+  print("\nZipf's law of the ranked predictions (power-law fit at the last evaluation):\n")
+  print(zipf_table)
   print(f"\nTable: {os.path.join(workdir, 'results.md')}\nCurves: {plot}\n"
+        f"Ranked predictions (log-log): {zipf_plot}\n"
         f"Total time {time.perf_counter() - start:.0f} s", flush=True)
 
 

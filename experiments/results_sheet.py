@@ -8,6 +8,12 @@ model and method; seeds of one group give the mean +- std (sample std, as
 over the paper's runs) of the best top-1 over evaluations, printed as a
 Markdown table with the paper's numbers beside ours. `--plot` draws eval
 top-1 against epoch for every run, one panel per dataset and model.
+
+Every evaluation also fitted a power law to the model's ranked predictions
+(`zipfls_jax.zipf_law`). The sheet prints each run's last fit beside its
+top-1, and `--zipf_plot` draws, per dataset and model, the last mean ranked
+curve of each run on log-log axes (the paper's CE vs Zipf's LS figure) and
+the exponent and R^2 across training.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import metrics as metrics_lib
 
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the curves as a PNG (optional).")
+_ZIPF_PLOT = flags.DEFINE_string(
+    "zipf_plot", None, "Where to write the ranked-prediction (Zipf's law) plots as a PNG "
+    "(optional).")
 
 # docs/method.md section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
 PAPER = {
@@ -196,6 +205,96 @@ def plot_curves(runs: Sequence[Dict], path: str) -> None:
   plt.close(fig)
 
 
+def _zipf_value(run: Dict, key: str) -> str:
+  value = run["evals"][-1].get(key)
+  return "-" if value is None else f"{value:.3f}"
+
+
+def zipf_table(runs: Sequence[Dict]) -> str:
+  """One row per run: its top-1 beside the power-law fit of its last evaluation.
+
+  The exponent s and R^2 of `log p(r) = a - s log r` fitted to the mean
+  ranked softmax over all classes, and over the non-target classes (see
+  `zipfls_jax.zipf_law`). Runs logged before these fits existed show '-'.
+  """
+  lines = ["| dataset | model | method | seed | best top-1 % | last top-1 % | Zipf exponent "
+           "| R² | non-target exponent | non-target R² |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for run in sorted(runs, key=lambda r: (r["key"], r["config"].get("seed", 0))):
+    dataset, model, method = run["key"]
+    base_method = method.split(" {")[0].split("[")[0]
+    name = METHOD_NAMES.get(base_method, base_method) + method[len(base_method):]
+    lines.append(
+        f"| {DATASET_NAMES.get(dataset, dataset)} | {model} | {name} | "
+        f"{run['config'].get('seed', 0)} | {run['best_top1']:.2f} | "
+        f"{run['evals'][-1]['eval_top1']:.2f} | {_zipf_value(run, 'eval_zipf_exponent')} | "
+        f"{_zipf_value(run, 'eval_zipf_r2')} | "
+        f"{_zipf_value(run, 'eval_zipf_nontarget_exponent')} | "
+        f"{_zipf_value(run, 'eval_zipf_nontarget_r2')} |")
+  return "\n".join(lines)
+
+
+def plot_zipf_law(runs: Sequence[Dict], path: str) -> None:
+  """Per (dataset, model): the last ranked curves on log-log axes, and the fits in training.
+
+  Left: each run's mean ranked softmax at its last saved evaluation, solid
+  over all classes and dashed over the non-target classes, one colour per
+  method. Middle and right: the exponent and R^2 of the all-class (solid)
+  and non-target (dashed) fits at every evaluation.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from zipfls_jax.training import zipf_curves  # pylint: disable=g-import-not-at-top
+  panels = sorted({run["key"][:2] for run in runs})
+  fig, axes = plt.subplots(len(panels), 3, figsize=(16, 4.5 * len(panels)), squeeze=False)
+  colours = {}
+  for row, panel in zip(axes, panels):
+    curve_ax, exponent_ax, r2_ax = row
+    for run in runs:
+      if run["key"][:2] != panel:
+        continue
+      method = run["key"][2]
+      colour = colours.setdefault(method, f"C{len(colours)}")
+      base = method.split(" {")[0].split("[")[0]
+      label = (METHOD_NAMES.get(base, base) + method[len(base):]
+               + f" (seed {run['config'].get('seed', 0)})")
+      curves = zipf_curves.read_curves(run["workdir"])
+      if curves:
+        step, ranked = list(curves.items())[-1]
+        fits = zipf_curves.fit_scalars(ranked)
+        mean = np.asarray(ranked.mean())
+        curve_ax.loglog(np.arange(1, mean.size + 1), mean, color=colour,
+                        label=f"{label}, step {step}: s={fits['eval_zipf_exponent']:.2f}, "
+                              f"R²={fits['eval_zipf_r2']:.3f}")
+        nontarget = np.asarray(ranked.mean(nontarget=True))
+        curve_ax.loglog(np.arange(1, nontarget.size + 1), nontarget, color=colour,
+                        linestyle="--")
+      epochs = [e["epoch"] for e in run["evals"] if "eval_zipf_exponent" in e]
+      for key, ax in (("exponent", exponent_ax), ("r2", r2_ax)):
+        for kind, style in (("zipf", "-"), ("zipf_nontarget", "--")):
+          values = [e[f"eval_{kind}_{key}"] for e in run["evals"] if "eval_zipf_exponent" in e]
+          ax.plot(epochs, values, color=colour, linestyle=style, marker="o", markersize=3,
+                  label=label if kind == "zipf" else None)
+    title = f"{DATASET_NAMES.get(panel[0], panel[0])}, {panel[1]}"
+    curve_ax.set_title(f"{title}: mean ranked softmax (dashed: non-target)")
+    curve_ax.set_xlabel("rank")
+    curve_ax.set_ylabel("mean probability")
+    exponent_ax.set_title("Zipf exponent s of the fit (dashed: non-target)")
+    exponent_ax.set_ylabel("s")
+    r2_ax.set_title("R² of the log-log fit (dashed: non-target)")
+    r2_ax.set_ylabel("R²")
+    for ax in row:
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+    for ax in row[1:]:
+      ax.set_xlabel("epoch")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv):
   paths = argv[1:]
   if not paths:
@@ -204,9 +303,14 @@ def main(argv):
   if not runs:
     raise SystemExit(f"No finished evaluations found in {paths}.")
   print(markdown_table(runs))
+  print("\nZipf's law of the ranked predictions, at each run's last evaluation:\n")
+  print(zipf_table(runs))
   if _PLOT.value:
     plot_curves(runs, _PLOT.value)
     print(f"Curves written to {_PLOT.value}")
+  if _ZIPF_PLOT.value:
+    plot_zipf_law(runs, _ZIPF_PLOT.value)
+    print(f"Ranked-prediction plots written to {_ZIPF_PLOT.value}")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,17 @@ def test_readme_train_step_example_runs_and_lowers_the_loss():
       np.asarray(terms.kl)[correct].mean() if correct.any() else 0.0)
   np.testing.assert_allclose(namespace["loss"], expected, rtol=1e-5)
   assert namespace["out"].votes.shape == (8, 14 * 14 * 4)
+
+
+def test_readme_zipf_law_example_accumulates_padded_batches():
+  block = next(b for b in _python_blocks() if "ranked_probability_sums" in b)
+  rng = np.random.default_rng(0)
+  batches = [(rng.normal(size=(8, 10)).astype(np.float32), rng.integers(0, 10, 8),
+              np.arange(8) < n) for n in (8, 3)]
+  import jax  # pylint: disable=g-import-not-at-top
+  import zipfls_jax  # pylint: disable=g-import-not-at-top
+  namespace = {"jax": jax, "zipfls_jax": zipfls_jax, "num_classes": 10,
+               "eval_batches": [(z, y.astype(np.int32), m) for z, y, m in batches]}
+  exec(compile(block, str(README), "exec"), namespace)  # pylint: disable=exec-used
+  assert float(np.sum(namespace["sums"].count)) == 11
+  assert np.isfinite(float(namespace["fit"].exponent))

@@ -1,6 +1,7 @@
 """zipfls_jax: Zipf's Label Smoothing (ECCV 2022) as pure, jittable JAX functions.
 
-The top-level package is the loss only: it imports jax and numpy, never
+The top-level package is the loss and the Zipf's-law diagnostics
+(`zipfls_jax.zipf_law`) only: it imports jax and numpy, never
 flax, optax or TensorFlow. Models, input pipelines and training live in the
 subpackages `zipfls_jax.models`, `zipfls_jax.data` and `zipfls_jax.training`.
 """
@@ -19,6 +20,14 @@ from zipfls_jax.ranks import rank_max, rank_min, topk_correct, vote_counts
 from zipfls_jax.targets import DISTRIBUTIONS, TargetDistribution, rank_weights, zipf_targets
 from zipfls_jax.validation import check_labels, check_votes
 from zipfls_jax.votes import dense_votes, upsample_bilinear
+from zipfls_jax.zipf_law import (
+    PowerLawFit,
+    RankedProbabilitySums,
+    fit_power_law,
+    ranked_probability_sums,
+    zipf_score_summary,
+    zipf_scores,
+)
 
 # The paper's label-smoothing and self-distillation baselines (issue 9/10).
 from zipfls_jax.self_distillation import (
@@ -48,22 +57,28 @@ __all__ = [
     "DISTRIBUTIONS",
     "RANK_BY",
     "TargetDistribution",
+    "PowerLawFit",
+    "RankedProbabilitySums",
     "ZipfTerms",
     "check_labels",
     "check_votes",
     "dense_votes",
+    "fit_power_law",
     "label_smooth_zipf_loss",
     "label_smoothing_loss",
     "masked_batch_mean",
     "rank_max",
     "rank_min",
     "rank_weights",
+    "ranked_probability_sums",
     "topk_correct",
     "upsample_bilinear",
     "vote_counts",
     "zipf_label_smoothing_loss",
     "zipf_label_smoothing_terms",
     "zipf_loss",
+    "zipf_score_summary",
+    "zipf_scores",
     "zipf_targets",
 ]
 

@@ -17,9 +17,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 import zipfls_jax.data as data
+from experiments import zipf_law as zipf_law_cli
 from experiments.configs import paper
 from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import loop
+from zipfls_jax.training import zipf_curves
 
 
 def tiny_config(dataset, model, *, method="zipf", steps=3):
@@ -69,6 +71,23 @@ def test_real_train_steps_under_mock_data(tmp_path, dataset, model):
   assert [r["step"] for r in evals] == [2, 3]
   for r in evals:
     assert 0.0 <= r["eval_top1"] <= r["eval_top5"] <= 100.0
+  # Every evaluation saved its ranked curve and logged its fits.
+  curves = zipf_curves.read_curves(str(tmp_path))
+  assert list(curves) == [2, 3]
+  for r in evals:
+    ranked = curves[r["step"]]
+    assert float(np.sum(ranked.count)) == 20  # the mock eval split, padding excluded
+    np.testing.assert_allclose(np.sum(ranked.mean()), 1.0, rtol=1e-5)
+    assert np.isfinite(r["eval_zipf_exponent"]) and np.isfinite(r["eval_zipf_nontarget_r2"])
+    assert r == r | zipf_curves.fit_scalars(ranked)
+  if dataset == "cifar100":
+    # `python -m experiments.zipf_law --workdir` on the last checkpoint
+    # reproduces the curve the loop saved at that step.
+    with mock():
+      step, result = zipf_law_cli.evaluate_checkpoint(str(tmp_path))
+    assert step == 3 and result["top1"] == evals[-1]["eval_top1"]
+    for got, want in zip(jax.tree.leaves(result["ranked"]), jax.tree.leaves(curves[3])):
+      np.testing.assert_allclose(got, want, rtol=1e-6)
   assert summary["best_top1"] == max(r["eval_top1"] for r in evals)
   assert evals[-1]["best_top1"] == summary["best_top1"]
   assert os.path.isdir(tmp_path / "checkpoints" / "3")

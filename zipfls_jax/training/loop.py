@@ -31,6 +31,7 @@ from zipfls_jax.training import metrics as metrics_lib
 from zipfls_jax.training import objective as objective_lib
 from zipfls_jax.training import optim
 from zipfls_jax.training import parallel
+from zipfls_jax.training import zipf_curves
 from zipfls_jax.training.state import TrainState, create_train_state, init_from_pytorch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -186,8 +187,12 @@ def _check_topology(saved: Dict[str, Any], allow: bool) -> None:
 
 
 def evaluate(eval_step, state: TrainState, batches: Iterable[Dict[str, np.ndarray]],
-             mesh) -> Dict[str, float]:
-  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches` (host batches)."""
+             mesh) -> Dict[str, Any]:
+  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches`.
+
+  Also 'count' and 'ranked', the totals of the ranked predictions
+  (`zipfls_jax.zipf_law.RankedProbabilitySums`, NumPy).
+  """
   totals = None
   for batch in parallel.prefetch_to_mesh(batches, mesh):
     sums = eval_step(state, batch)
@@ -198,7 +203,7 @@ def evaluate(eval_step, state: TrainState, batches: Iterable[Dict[str, np.ndarra
   count = max(float(totals["count"]), 1.0)
   return {"top1": 100.0 * float(totals["top1"]) / count,
           "top5": 100.0 * float(totals["top5"]) / count,
-          "count": float(totals["count"])}
+          "count": float(totals["count"]), "ranked": totals["ranked"]}
 
 
 def _mean_metrics(history) -> Dict[str, float]:
@@ -346,11 +351,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
       if step % setup.eval_every_steps == 0 or is_last:
         last_eval = evaluate(eval_step, state, eval_batches, mesh)
+        zipf_scalars = zipf_curves.record_evaluation(workdir, step, last_eval["ranked"])
         clock.exclude_time_since_last_call()
         if last_eval["top1"] > progress["best_top1"]:
           progress = {"best_top1": last_eval["top1"], "best_top1_step": step}
         writer.write(step, {"eval_top1": last_eval["top1"], "eval_top5": last_eval["top5"],
-                            "best_top1": progress["best_top1"], "epoch": epoch})
+                            "best_top1": progress["best_top1"], "epoch": epoch} | zipf_scalars)
         if config.console:
           print(f"eval step {step} epoch {epoch:.2f} | top1 {last_eval['top1']:.2f} | "
                 f"top5 {last_eval['top5']:.2f} | best top1 {progress['best_top1']:.2f}",

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from zipfls_jax import topk_correct  # the package's one rule for "correct"; re-exported
+from zipfls_jax import zipf_law
 from zipfls_jax.training import objective as objective_lib
 from zipfls_jax.training.state import TrainState
 
@@ -99,7 +100,9 @@ def make_eval_step(model: nn.Module, *, axis_name=None) -> Callable[[TrainState,
 
   `batch` holds 'image', 'label' and 'mask' (False on padding rows). Returns
   global sums: 'top1' and 'top5' (correct counts) and 'count' (real
-  examples), all float32, to be added over batches and divided at the end.
+  examples), all float32, and 'ranked', the `zipf_law.RankedProbabilitySums`
+  of the batch (the ranked-prediction curve of Zipf's law), all to be added
+  over batches and divided at the end.
   """
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
     output = model.apply({"params": state.params, "batch_stats": state.batch_stats},
@@ -110,6 +113,8 @@ def make_eval_step(model: nn.Module, *, axis_name=None) -> Callable[[TrainState,
         "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
         "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
         "count": jnp.sum(mask),
+        "ranked": zipf_law.ranked_probability_sums(logits, labels,
+                                                   where=batch["mask"].astype(jnp.bool_)),
     }
     if axis_name is not None:
       sums = jax.lax.psum(sums, axis_name)
