@@ -7,8 +7,11 @@ from Debian's `dataset-fashion-mnist` IDX files; if neither works it prints
 what to do), trains the small CIFAR-style ResNet of
 `experiments/configs/fashion_mnist_demo.py` once per method, prints the
 comparison table and writes the curves to `<workdir>/curves.png` and the
-table to `<workdir>/results.md`. About 4-5 minutes on 2 CPU cores.
-Rerunning resumes (finished runs are only reported).
+table to `<workdir>/results.md`. It prints when XLA compiles, an ETA for
+all runs, and at the end where the time went (data, setup, compile, train
+steps, evaluation); the measured times are in benchmarks/RESULTS.md
+("make demo"). Rerunning resumes (finished runs are only reported), and
+reuses the compiled programs cached in `<workdir>/xla_cache`.
 """
 import os
 

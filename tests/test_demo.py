@@ -49,3 +49,9 @@ def test_not_root_installs_nothing(monkeypatch):
   monkeypatch.setattr(os, "geteuid", lambda: 1000, raising=False)
   monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran a command"))
   assert not demo.install_debian_fashion_mnist()
+
+
+def test_breakdown_puts_the_unmeasured_rest_under_train_steps():
+  seconds = {"setup": 4.0, "compile": 30.0, "eval": 6.0, "total": 100.0}
+  assert demo.format_breakdown(seconds) == (
+      "setup 4 s, compile 30 s, train steps 60 s, evaluation 6 s")
