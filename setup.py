@@ -30,7 +30,13 @@ EXPERIMENTS = MODELS + [
     "ml_collections>=0.1.1",
     "orbax-checkpoint>=0.6",
     "matplotlib>=3.7",
+    # To view the runs' event files (`tensorboard --logdir workdirs`);
+    # tensorflow-cpu does not depend on it.
+    "tensorboard>=2.16",
 ]
+# Where the code lives; experiments/README.md's clone command uses the same.
+URL = "https://github.com/OWNER/zipfls_jax"
+
 TEST = EXPERIMENTS + [
     "scipy>=1.10",
     # The tests' variants (jit and eager) and assert_max_traces; the library
@@ -46,7 +52,15 @@ setup(
     description="Zipf's Label Smoothing (ECCV 2022) for JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    url=URL,
+    project_urls={
+        "Source": URL,
+        "Documentation": f"{URL}/blob/main/docs/method.md",
+        "Paper": "https://arxiv.org/abs/2207.12980",
+    },
     packages=find_packages(include=["zipfls_jax", "zipfls_jax.*"]),
+    # PEP 561: the package's annotations are for type checkers too.
+    package_data={"zipfls_jax": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
@@ -55,4 +69,5 @@ setup(
         "test": TEST,
     },
     license="Apache-2.0",
+    license_files=["LICENSE"],
 )

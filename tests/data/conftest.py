@@ -45,5 +45,5 @@ def fashion_data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("fashion")
   idx_dir = write_fashion_idx(root / "idx")
   data_dir = root / "tfds"
-  prepare_fashion_mnist(str(data_dir), allow_apt=False, idx_dir=str(idx_dir))
+  prepare_fashion_mnist(str(data_dir), idx_dir=str(idx_dir))
   return str(data_dir)

@@ -11,22 +11,47 @@ from zipfls_jax.training import metrics
 
 
 def test_writer_writes_json_lines_and_tensorboard_scalars(tmp_path):
-  writer = metrics.MetricWriter(str(tmp_path), tensorboard=True)
-  writer.write(3, {"train_loss": 1.5, "train_zipf": 0.25})
-  writer.write(6, {"eval_top1": 42.0})
+  workdir = tmp_path / "zipf"
+  writer = metrics.MetricWriter(str(workdir), tensorboard=True)
+  writer.write(3, {"train_loss": 1.5, "train_zipf": 0.25, "epoch": 0.5})
+  writer.write(3, {"eval_top1": 42.0, "epoch": 0.5})  # as the loop writes an eval step
+  writer.write(6, {"eval_top1": 43.0, "epoch": 1.0})
   writer.close()
-  assert metrics.read_metrics(str(tmp_path)) == [
-      {"step": 3, "train_loss": 1.5, "train_zipf": 0.25}, {"step": 6, "eval_top1": 42.0}]
+  assert metrics.read_metrics(str(workdir)) == [
+      {"step": 3, "train_loss": 1.5, "train_zipf": 0.25, "epoch": 0.5},
+      {"step": 3, "eval_top1": 42.0, "epoch": 0.5}, {"step": 6, "eval_top1": 43.0, "epoch": 1.0}]
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  files = tf.io.gfile.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
+  # In the workdir itself: `tensorboard --logdir <parent>` shows the run as "zipf".
+  files = tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert len(files) == 1
-  seen = {}
+  seen = []
   for event in tf.compat.v1.train.summary_iterator(files[0]):
     for value in event.summary.value:
       assert value.metadata.plugin_data.plugin_name == "scalars"
-      seen[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
-  assert seen == {(3, "train_loss"): 1.5, (3, "train_zipf"): 0.25, (6, "eval_top1"): 42.0}
+      seen.append((event.step, value.tag, float(tf.make_ndarray(value.tensor))))
+  assert sorted(seen) == [(3, "epoch", 0.5), (3, "eval_top1", 42.0), (3, "train_loss", 1.5),
+                          (3, "train_zipf", 0.25), (6, "epoch", 1.0), (6, "eval_top1", 43.0)]
+
+
+def test_tensorboard_names_runs_after_their_workdirs(tmp_path):
+  # TensorBoard itself (the `experiments` extra installs it) reading two runs.
+  from tensorboard.backend.event_processing import event_multiplexer  # pylint: disable=g-import-not-at-top
+  for method, loss in (("ce", 2.0), ("zipf", 1.0)):
+    writer = metrics.MetricWriter(str(tmp_path / method), tensorboard=True)
+    writer.write(5, {"train_loss": loss, "epoch": 0.25})
+    writer.write(5, {"eval_top1": 50.0, "epoch": 0.25})
+    writer.close()
+  board = event_multiplexer.EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
+  board.Reload()
+  assert set(board.Runs()) == {"ce", "zipf"}
+  assert [(e.step, float(tf_value(e))) for e in board.Tensors("zipf", "train_loss")] == [(5, 1.0)]
+  assert len(board.Tensors("zipf", "epoch")) == 1
+
+
+def tf_value(event):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.make_ndarray(event.tensor_proto)
 
 
 def test_check_finite_names_the_metric_and_step():
@@ -41,6 +66,53 @@ def test_progress_line_has_eta():
   progress = metrics.Progress(total_steps=100, start_step=0, batch_size=8)
   line = progress.line(10, 0.5, {"loss": 2.0, "top1": 0.25}, eta_sec=3725)
   assert line == "step 10/100 | epoch 0.50 | loss 2 | top1 0.25 | ETA 1:02:05"
+
+
+def test_progress_line_gives_the_eta_of_later_runs_too(monkeypatch):
+  now = [1000.0]
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+  progress = metrics.Progress(total_steps=100, start_step=0, batch_size=8, runs_after=2)
+  now[0] += 30.0  # 25 steps in 30 s: 120 s a run, 90 s left of this one
+  line = progress.line(25, 0.5, {}, eta_sec=90)
+  assert line == "step 25/100 | epoch 0.50 | ETA 1:30 | ETA with 2 later runs 5:30"
+  single = metrics.Progress(total_steps=100, start_step=0, batch_size=8, runs_after=1)
+  now[0] += 30.0
+  assert single.line(25, 0.5, {}, eta_sec=90).endswith("| ETA with 1 later run 3:30")
+
+
+def test_phase_times_count_nested_phases_once(monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+  times = metrics.PhaseTimes()
+  with times.measure("eval"):
+    now[0] += 1.0
+    with times.measure("compile"):
+      now[0] += 5.0
+    now[0] += 2.0
+  with times.measure("eval"):
+    now[0] += 3.0
+  assert dict(times.seconds) == {"eval": 6.0, "compile": 5.0}
+
+
+def test_announce_compile_prints_around_the_first_call_only(capsys):
+  times = metrics.PhaseTimes()
+  calls = []
+  step = metrics.announce_compile(lambda x: calls.append(x) or 2 * x, "train step", times)
+  assert step(1) == 2 and step(2) == 4 and calls == [1, 2]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "Compiling the train step with XLA (once per run)..."
+  assert lines[1].startswith("Compiled the train step in ") and len(lines) == 2
+  assert set(times.seconds) == {"compile"}
+  quiet = metrics.announce_compile(lambda x: x, "eval step", times, enabled=False)
+  quiet(1)
+  assert capsys.readouterr().out == ""
+
+
+def test_console_prints_on_process_zero_only(monkeypatch, capsys):
+  metrics.console("from process 0")
+  monkeypatch.setattr(metrics.jax, "process_index", lambda: 1)
+  metrics.console("from process 1")
+  assert capsys.readouterr().out == "from process 0\n"
 
 
 def write_run(root, name, *, dataset, model, method, seed, top1s, distribution="zipf"):
@@ -100,3 +172,13 @@ def test_check_finite_state_refuses_a_nan_parameter():
   params["dense"]["bias"] = jnp.array([0.0, jnp.nan, 0.0])
   with pytest.raises(FloatingPointError, match="no longer finite at step 9; not saving"):
     metrics.check_finite_state(params, step=9)
+
+
+def test_training_prints_only_through_console():
+  # Every progress line of a run goes through `console` (process 0 only).
+  import pathlib  # pylint: disable=g-import-not-at-top
+  package = pathlib.Path(metrics.__file__).parent
+  for path in package.glob("*.py"):
+    text = path.read_text()
+    allowed = 1 if path.name == "metrics.py" else 0  # console's own print
+    assert text.count("print(") == allowed, path

@@ -17,7 +17,15 @@ ask for class counts cheaply. `zipfls_jax` and `zipfls_jax.models` never
 import this package; it never imports the training code.
 """
 import importlib
+import os
 
+# TensorFlow's C++ INFO notices (oneDNN, CPU features) on import and first
+# op: set before any submodule can import TensorFlow, and only as a default,
+# so a user's own TF_CPP_MIN_LOG_LEVEL wins. Warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from zipfls_jax import extras
 from zipfls_jax.data.specs import DATASET_NAMES
 from zipfls_jax.data.specs import DatasetSpec
 from zipfls_jax.data.specs import get_dataset_spec
@@ -38,6 +46,8 @@ _LAZY = {
 
 def __getattr__(name):
   if name in _LAZY:
+    extras.require(f"zipfls_jax.data.{name}", ("tensorflow", "tensorflow_datasets", "etils"),
+                   "experiments")
     module = importlib.import_module(f"zipfls_jax.data.{_LAZY[name]}")
     value = getattr(module, name)
     globals()[name] = value

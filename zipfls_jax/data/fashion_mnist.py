@@ -11,16 +11,16 @@ the very same tfds code as a downloaded copy.
 Order of sources: an already prepared copy (returns at once); IDX files
 found locally (`idx_dir`, the Debian package's folder, or the tfds manual
 dir `<data_dir>/downloads/manual/`); tfds's download, only if the download
-host answers within 3 seconds; installing the Debian package with apt-get
-(as root, `allow_apt=True`); otherwise a FileNotFoundError that says what to
-do. This module never hangs on an unreachable network.
+host answers within 3 seconds; otherwise a FileNotFoundError that says what
+to install or copy. This module never hangs on an unreachable network and
+never installs anything on the system: a library must not run a package
+manager. `make demo` (experiments/demo.py) is the one place that offers to
+install the Debian package, and it says so when it does.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import shutil
-import subprocess
 
 from etils import epath
 import numpy as np
@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from zipfls_jax.data import network
-from zipfls_jax.data import tensorflow_setup  # noqa: F401  (hides GPUs from TF)
+from zipfls_jax.data import tensorflow_setup
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -39,7 +39,6 @@ IDX_FILES = {
 }
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
-_APT_TIMEOUT_S = 180
 
 
 def _idx_path(folder: epath.Path, stem: str) -> epath.Path | None:
@@ -118,37 +117,12 @@ def _local_idx_files(idx_dir, manual_dir):
   return None
 
 
-def _apt_install() -> bool:
-  """Installs the Debian package; False when that is impossible here."""
-  if shutil.which("apt-get") is None or os.geteuid() != 0:
-    return False
-  install = ["apt-get", "install", "-y", "-q", DEBIAN_PACKAGE]
-  env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-  for commands in ([install], [["apt-get", "update", "-q"], install]):
-    try:
-      if all(
-          subprocess.run(
-              command, env=env, capture_output=True, timeout=_APT_TIMEOUT_S,
-              check=False,
-          ).returncode == 0
-          for command in commands
-      ):
-        return find_idx_files(DEBIAN_DIR) is not None
-    except subprocess.TimeoutExpired:
-      return False
-  return False
-
-
-def prepare_fashion_mnist(
-    data_dir=None, *, allow_apt: bool = True, idx_dir=None
-) -> epath.Path:
+def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
   """Makes tfds's `fashion_mnist` readable from `data_dir`; idempotent.
 
   Args:
     data_dir: tfds data dir (None: tfds's default, `$TFDS_DATA_DIR` or
       `~/tensorflow_datasets`).
-    allow_apt: may install the Debian package `dataset-fashion-mnist` with
-      apt-get when nothing else works (needs root and a Debian mirror).
     idx_dir: a folder with the four IDX files (gzipped or not), searched
       before the Debian folder and the tfds manual dir.
 
@@ -172,17 +146,18 @@ def prepare_fashion_mnist(
   if idx_files is None:
     probe = tfds_mnist.FashionMNIST.URL + IDX_FILES["test"][1] + ".gz"
     if network.can_reach(probe):
+      tensorflow_setup.progress_bars_on_terminals_only()
       builder.download_and_prepare()
       return builder.data_path
-    if allow_apt and _apt_install():
-      idx_files = find_idx_files(DEBIAN_DIR)
   if idx_files is None:
     raise FileNotFoundError(
         f"Fashion-MNIST is not prepared in {data_dir} and cannot be: no IDX"
         f" files were found and {tfds_mnist.FashionMNIST.URL} is unreachable"
         " (tfds downloads need internet). Do one of:\n"
-        f"  * as root: apt-get update && apt-get install -y {DEBIAN_PACKAGE}"
-        f" (puts the files in {DEBIAN_DIR});\n"
+        f"  * install the Debian/Ubuntu package {DEBIAN_PACKAGE} (as root:"
+        f" apt-get update && apt-get install -y {DEBIAN_PACKAGE}), which puts"
+        f" the files in {DEBIAN_DIR}; `make demo` offers to do it when run"
+        " as root;\n"
         "  * copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"
         " t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz into"
         f" {manual_dir};\n"
@@ -192,5 +167,6 @@ def prepare_fashion_mnist(
         f" --data_dir={data_dir}"
     )
   local = _IdxFashionMNIST(idx_files=idx_files, data_dir=data_dir)
+  tensorflow_setup.progress_bars_on_terminals_only()
   local.download_and_prepare()
   return local.data_path

@@ -3,7 +3,8 @@
 `get_builder` returns the builder for one of our dataset names (tfds's own,
 or ours where tfds has none or a broken one); `prepare_dataset` makes it
 readable (download only after a quick reachability check, manual files
-otherwise); `missing_data_error` says where the data should be. Nothing
+otherwise); `how_to_prepare` and `missing_data_error` say where the data
+should be. Nothing
 here batches or augments. Importing this module hides GPUs from
 TensorFlow, so the input pipelines never take accelerator memory.
 """
@@ -18,7 +19,7 @@ from zipfls_jax.data import fashion_mnist
 from zipfls_jax.data import i_naturalist2021
 from zipfls_jax.data import network
 from zipfls_jax.data import specs
-from zipfls_jax.data import tensorflow_setup  # noqa: F401  (hides GPUs from TF)
+from zipfls_jax.data import tensorflow_setup
 from zipfls_jax.data import tiny_imagenet
 
 
@@ -46,8 +47,8 @@ def default_manual_dir(builder: tfds.core.DatasetBuilder) -> str:
   return os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
 
 
-def missing_data_error(name: str, data_dir=None) -> FileNotFoundError:
-  """The error for a dataset that is not prepared: where to put what."""
+def how_to_prepare(name: str, data_dir=None) -> str:
+  """What to place where, and the command that prepares dataset `name`."""
   builder = get_builder(name, data_dir)
   root = os.fspath(builder.data_dir_root)
   manual = default_manual_dir(builder)
@@ -55,40 +56,48 @@ def missing_data_error(name: str, data_dir=None) -> FileNotFoundError:
       f"python -m zipfls_jax.data.prepare --dataset={name} --data_dir={root}"
   )
   if name == "fashion_mnist":
-    how = (
-        f"Run `{prepare}`; it works offline from the Debian package"
-        f" {fashion_mnist.DEBIAN_PACKAGE} and downloads only with internet."
+    return (
+        f"Run `{prepare}`. With internet it downloads from tfds; offline it"
+        " reads the four IDX files (train-images-idx3-ubyte.gz,"
+        " train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,"
+        f" t10k-labels-idx1-ubyte.gz) from {manual} or from"
+        f" {fashion_mnist.DEBIAN_DIR}, where the Debian/Ubuntu package"
+        f" {fashion_mnist.DEBIAN_PACKAGE} puts them."
     )
-  elif name == "cifar100":
-    how = (
+  if name == "cifar100":
+    return (
         f"Run `{prepare}` on a machine with internet (tfds downloads about"
         f" 160 MB from {_PROBE_URLS[name]}), or copy a prepared `cifar100/`"
         f" folder into {root}."
     )
-  elif name == "tiny_imagenet":
-    how = (
+  if name == "tiny_imagenet":
+    return (
         f"Put the official `{tiny_imagenet.FOLDER}/` folder (wnids.txt,"
         " train/<wnid>/images/*.JPEG, val/images/*.JPEG,"
         f" val/val_annotations.txt) or `{tiny_imagenet.ZIP_NAME}` in"
         f" {manual}, then run `{prepare}`; without them it downloads"
         f" {tiny_imagenet.URL}, which needs internet."
     )
-  elif name == "imagenet2012":
-    how = (
+  if name == "imagenet2012":
+    return (
         f"Download {' and '.join(_IMAGENET_MANUAL_FILES)} from"
         f" https://image-net.org (registration needed), put both in"
         f" {manual}, then run `{prepare}` (no internet needed)."
     )
-  else:
-    archives = [f for s in ("mini", "val") for f in i_naturalist2021.manual_files(s)]
-    how = (
-        f"Put {', '.join(archives)} (from {i_naturalist2021.URL}) in"
-        f" {manual}, then run `{prepare}`; missing archives are downloaded,"
-        " which needs internet."
-    )
+  archives = [f for s in ("mini", "val") for f in i_naturalist2021.manual_files(s)]
+  return (
+      f"Put {', '.join(archives)} (from {i_naturalist2021.URL}) in"
+      f" {manual}, then run `{prepare}`; missing archives are downloaded,"
+      " which needs internet."
+  )
+
+
+def missing_data_error(name: str, data_dir=None) -> FileNotFoundError:
+  """The error for a dataset that is not prepared: where to put what."""
+  builder = get_builder(name, data_dir)
   return FileNotFoundError(
-      f"Dataset {name!r} is not prepared in {root} (looked for"
-      f" {os.fspath(builder.data_path)}). {how}"
+      f"Dataset {name!r} is not prepared in {os.fspath(builder.data_dir_root)} (looked for"
+      f" {os.fspath(builder.data_path)}). {how_to_prepare(name, data_dir)}"
   )
 
 
@@ -124,6 +133,7 @@ def prepare_dataset(name: str, *, data_dir=None, manual_dir=None) -> epath.Path:
       name == "imagenet2012" or not network.can_reach(_PROBE_URLS[name])
   ):
     raise missing_data_error(name, data_dir)
+  tensorflow_setup.progress_bars_on_terminals_only()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
   )

@@ -7,6 +7,11 @@ for `jax.jit`, `jax.shard_map` and `pmap`. Each returns a `ModelOutput`
 `VotingHead` gives any Flax backbone the same outputs. This package never
 imports TensorFlow or the input pipelines.
 """
+from zipfls_jax import extras
+
+extras.require("zipfls_jax.models", ("flax",), "models")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from zipfls_jax.models.cifar_resnet import CifarResNet, PreActBlock
 from zipfls_jax.models.densenet import DenseNet
 from zipfls_jax.models.heads import VotingHead

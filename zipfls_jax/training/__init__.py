@@ -5,6 +5,12 @@ Importing this package pulls jax, flax, optax and orbax but never TensorFlow
 The experiment loop is `zipfls_jax.training.loop.train_and_evaluate`; every
 config key it reads is listed in `zipfls_jax.training.config`.
 """
+from zipfls_jax import extras
+
+extras.require("zipfls_jax.training",
+               ("flax", "optax", "orbax", "ml_collections", "etils"), "experiments")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from zipfls_jax.training.checkpoint import Checkpoints, check_workdir_config
 from zipfls_jax.training.metrics import MetricWriter, Progress, check_finite, read_metrics
 from zipfls_jax.training.objective import METHODS, Objective, compute_loss, global_mean

@@ -17,6 +17,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from typing import Any, Dict, Iterable
 
 import jax
@@ -232,8 +233,15 @@ def _abstract_batch(mesh, batch_size: int, image_shape, *, mask: bool) -> Dict[s
   return batch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       runs_after: int = 0) -> Dict[str, Any]:
   """Trains and evaluates one run; resumes from `workdir` if it holds one.
+
+  Args:
+    config: the run's config (every key: `zipfls_jax.training.config`).
+    workdir: where checkpoints, metrics and the config go.
+    runs_after: runs of about this length the caller trains next (the
+      demo's other methods), for the console's overall ETA.
 
   Everything that can refuse the run (config values, dataset, data on disk,
   model, a trace of the steps, a writable workdir) is checked before
@@ -241,9 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   corrected command.
 
   Returns:
-    Summary: 'best_top1', 'final_top1', 'final_top5', 'step' and
-    'preempted' (True when SIGTERM stopped the run early).
+    Summary: 'best_top1', 'final_top1', 'final_top5', 'step',
+    'preempted' (True when SIGTERM stopped the run early) and 'seconds'
+    (wall time of this call: 'setup' before the first step, then
+    'compile' and 'eval' (exclusive of each other), and 'total').
   """
+  start_time = time.perf_counter()
+  times = metrics_lib.PhaseTimes()
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
   # Before anything asks JAX for its devices (validation counts them).
   initialize_distributed(config)
@@ -291,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     start_step, state, progress = restored
     _check_topology(progress, config.allow_topology_change)
     if config.console:
-      print(f"Resuming {workdir} from step {start_step}.", flush=True)
+      metrics_lib.console(f"Resuming {workdir} from step {start_step}.")
   # The step's metrics not logged before a SIGTERM stop, to average exactly
   # as an uninterrupted run does.
   history = _pending_from_json(progress.pop("pending_train_metrics", []))
@@ -302,8 +314,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if start_step >= setup.total_steps:
     checkpoints.close()
     return {"best_top1": progress["best_top1"], "final_top1": None, "final_top5": None,
-            "step": start_step, "preempted": False}
+            "step": start_step, "preempted": False,
+            "seconds": {"total": time.perf_counter() - start_time}}
 
+  train_step = metrics_lib.announce_compile(train_step, "train step", times,
+                                            enabled=config.console)
+  eval_step = metrics_lib.announce_compile(eval_step, "eval step", times, enabled=config.console)
   image_size = setup.image_shape[0]
   # The stream is a fixed function of the seed: starting it at the resumed
   # step gives the batches an uninterrupted run would have seen.
@@ -315,12 +331,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       image_size=image_size)
 
   writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
-  clock = metrics_lib.Progress(setup.total_steps, start_step, config.batch_size)
+  clock = metrics_lib.Progress(setup.total_steps, start_step, config.batch_size,
+                               runs_after=runs_after)
   guard = (functools.partial(jax.transfer_guard, "disallow") if config.transfer_guard
            else contextlib.nullcontext)
   last_eval: Dict[str, float] = {}
   preempted = False
   step = start_step
+  times.seconds["setup"] = time.perf_counter() - start_time
   with _SigtermFlag() as sigterm:
     while step < setup.total_steps:
       batch = next(train_batches)
@@ -347,20 +365,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         eta = scalars.pop("eta_sec")
         writer.write(step, {f"train_{k}": v for k, v in scalars.items()} | {"epoch": epoch})
         if config.console:
-          print(clock.line(step, epoch, scalars, eta), flush=True)
+          metrics_lib.console(clock.line(step, epoch, scalars, eta))
 
       if step % setup.eval_every_steps == 0 or is_last:
-        last_eval = evaluate(eval_step, state, eval_batches, mesh)
-        zipf_scalars = zipf_curves.record_evaluation(workdir, step, last_eval["ranked"])
+        with times.measure("eval"):
+          last_eval = evaluate(eval_step, state, eval_batches, mesh)
+          zipf_scalars = zipf_curves.record_evaluation(workdir, step, last_eval["ranked"])
         clock.exclude_time_since_last_call()
         if last_eval["top1"] > progress["best_top1"]:
           progress = {"best_top1": last_eval["top1"], "best_top1_step": step}
         writer.write(step, {"eval_top1": last_eval["top1"], "eval_top5": last_eval["top5"],
                             "best_top1": progress["best_top1"], "epoch": epoch} | zipf_scalars)
         if config.console:
-          print(f"eval step {step} epoch {epoch:.2f} | top1 {last_eval['top1']:.2f} | "
-                f"top5 {last_eval['top5']:.2f} | best top1 {progress['best_top1']:.2f}",
-                flush=True)
+          metrics_lib.console(
+              f"eval step {step} epoch {epoch:.2f} | top1 {last_eval['top1']:.2f} | "
+              f"top5 {last_eval['top5']:.2f} | best top1 {progress['best_top1']:.2f}")
 
       if save:
         metrics_lib.check_finite_state(state.params, step)
@@ -377,4 +396,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   checkpoints.close()
   writer.close()
   return {"best_top1": progress["best_top1"], "final_top1": last_eval.get("top1"),
-          "final_top5": last_eval.get("top5"), "step": step, "preempted": preempted}
+          "final_top5": last_eval.get("top5"), "step": step, "preempted": preempted,
+          "seconds": dict(times.seconds, total=time.perf_counter() - start_time)}

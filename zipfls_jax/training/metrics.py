@@ -5,17 +5,23 @@
 when asked, writes the same scalars as TensorBoard events; TensorFlow is
 imported only then, so `zipfls_jax.training` stays TensorFlow-free at import.
 `check_finite` stops a run whose loss went NaN or infinite. `Progress`
-formats the console line with throughput and ETA. Only process 0 writes.
-It receives numbers the steps computed and fetched; its one device program
-is `check_finite_state`'s reduction over the parameters before a save.
+formats the console line with throughput and ETA; `console` prints it;
+`announce_compile` says that XLA is compiling a step and how long it took;
+`PhaseTimes` splits a run's wall time into compile, train and evaluation.
+Only process 0 writes files or prints. It receives numbers the steps
+computed and fetched; its one device program is `check_finite_state`'s
+reduction over the parameters before a save.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import json
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,24 +36,28 @@ class MetricWriter:
 
   Args:
     workdir: the run's directory.
-    tensorboard: also write TensorBoard event files under
-      `<workdir>/tensorboard` (imports TensorFlow lazily).
+    tensorboard: also write TensorBoard event files into `workdir` itself
+      (imports TensorFlow lazily), so that `tensorboard --logdir` on the
+      folder above names each run after its workdir. A tag is written at
+      most once per step (the eval record repeats the train record's
+      `epoch` for metrics.jsonl, which TensorBoard must not show twice).
+      Viewing them needs the `tensorboard` extra.
   """
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
     self._active = jax.process_index() == 0
     self._tb = None
     self._file = None
+    self._tb_step_of_tag: Dict[str, int] = {}
     if not self._active:
       return
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     self._file = (epath.Path(workdir) / METRICS_FILE).open("a")
     if tensorboard:
-      # First, so that TensorFlow stays off the accelerators (as in the pipelines).
-      # pylint: disable-next=g-import-not-at-top,unused-import
-      from zipfls_jax.data import tensorflow_setup  # noqa: F401
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      # Through the data package: TF stays off the accelerators and quiet.
+      from zipfls_jax.data import tensorflow_setup  # pylint: disable=g-import-not-at-top
+      tf = tensorflow_setup.tf
+      self._tb = tf.summary.create_file_writer(os.fspath(workdir))
       self._tf = tf
       # What `tensorboard.summary.scalar` writes, without needing the
       # tensorboard package (tensorflow-cpu does not install it).
@@ -65,7 +75,9 @@ class MetricWriter:
     if self._tb is not None:
       with self._tb.as_default(step=int(step)):
         for name, value in record.items():
-          if name != "step" and isinstance(value, (int, float)):
+          if (name != "step" and isinstance(value, (int, float)) and
+              self._tb_step_of_tag.get(name) != record["step"]):
+            self._tb_step_of_tag[name] = record["step"]
             self._tf.summary.write(name, self._tf.constant(value, self._tf.float32),
                                    metadata=self._scalar_metadata)
       self._tb.flush()
@@ -107,6 +119,67 @@ def check_finite_state(params, step: int) -> None:
     raise FloatingPointError(
         f"The parameters are no longer finite at step {step}; not saving them. Lower the "
         "learning rate or check the inputs, and rerun to resume from the last checkpoint.")
+
+
+def console(message: str) -> None:
+  """Prints one progress line, from process 0 only: every host runs the same
+  loop, and N copies of each line would bury the one that matters."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+class PhaseTimes:
+  """Wall-clock seconds of a run spent per phase ('compile', 'eval', ...).
+
+  Phases may nest; each second counts once, in the innermost phase (the
+  first evaluation's compilation is 'compile', not 'eval').
+  """
+
+  def __init__(self):
+    self.seconds: Dict[str, float] = collections.defaultdict(float)
+    self._inner = []  # per open phase: seconds spent in phases nested in it
+
+  @contextlib.contextmanager
+  def measure(self, phase: str):
+    start = time.perf_counter()
+    self._inner.append(0.0)
+    try:
+      yield
+    finally:
+      elapsed = time.perf_counter() - start
+      self.seconds[phase] += elapsed - self._inner.pop()
+      if self._inner:
+        self._inner[-1] += elapsed
+
+
+def announce_compile(fn: Callable, what: str, times: PhaseTimes, *,
+                     enabled: bool = True) -> Callable:
+  """`fn` (a jitted step), saying on its first call that XLA compiles it.
+
+  jax.jit traces and compiles synchronously inside the first call, which on
+  a CPU can take a minute of silence; the line before and the time after
+  tell the user what is happening. Later calls go straight to `fn`. The
+  first call's time, counted as 'compile', also holds one dispatch of the
+  (asynchronous) step, which is negligible beside compilation.
+  """
+  compiled = False
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    nonlocal compiled
+    if compiled:
+      return fn(*args, **kwargs)
+    if enabled:
+      console(f"Compiling the {what} with XLA (once per run)...")
+    start = time.perf_counter()
+    with times.measure("compile"):
+      out = fn(*args, **kwargs)
+    compiled = True
+    if enabled:
+      console(f"Compiled the {what} in {time.perf_counter() - start:.1f} s.")
+    return out
+
+  return call
 
 
 def read_metrics(workdir: str) -> list:
@@ -166,11 +239,16 @@ class Progress:
     total_steps: steps of the whole run.
     start_step: the step this process starts (or resumes) at.
     batch_size: global images per step.
+    runs_after: runs of about the same length that this process trains
+      after this one (the demo's other methods); the line then also gives
+      the ETA of all of them.
   """
 
-  def __init__(self, total_steps: int, start_step: int, batch_size: int):
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, *,
+               runs_after: int = 0):
     self._total = total_steps
     self._batch_size = batch_size
+    self._runs_after = runs_after
     self._last_step = start_step
     self._last_time = time.perf_counter()
     self._start_step = start_step
@@ -198,6 +276,13 @@ class Progress:
         parts.append(f"{name} {_to_python(scalars[name]):.4g}")
     if eta_sec is not None and math.isfinite(eta_sec):
       parts.append(f"ETA {_format_seconds(eta_sec)}")
+      done = step - self._start_step
+      if self._runs_after and done > 0:
+        # A whole run at this run's pace so far (its compile time included).
+        run_sec = (time.perf_counter() - self._start_time) / done * self._total
+        later = "1 later run" if self._runs_after == 1 else f"{self._runs_after} later runs"
+        parts.append(f"ETA with {later} "
+                     f"{_format_seconds(eta_sec + self._runs_after * run_sec)}")
     return " | ".join(parts)
 
 
