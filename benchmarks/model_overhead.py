@@ -1,7 +1,8 @@
 """Cost of dense votes in a training step: forward+backward with votes vs without.
 
 Issue 3's budget: a jitted forward+backward of `cifar_resnet18` at batch 128
-with votes (x2 bilinear resize, SPEC 1.1) must take at most 1.05x the same
+with votes (x2 bilinear resize, docs/method.md section 1.1) must take at
+most 1.05x the same
 step without votes. Votes are returned as an output so XLA cannot drop them.
 The two variants run interleaved (ABBA) so that load from other processes
 hits both alike; medians, minima and the median of adjacent-pair ratios are

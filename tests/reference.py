@@ -14,7 +14,7 @@ def ranks_min(scores):
 
 def weights(scores, name, *, power=1.0, smallest_prob=0.0, decay=1.0, lower_bound=1.0,
             upper_bound=None):
-  """d_k for one row of scores, SPEC section 3."""
+  """d_k for one row of scores, docs/method.md section 3."""
   scores = np.asarray(scores, np.float64)
   c = scores.shape[-1]
   r = stats.rankdata(-scores, method="min")

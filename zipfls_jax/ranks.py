@@ -1,6 +1,6 @@
 """Ranks of class scores with the method's tie rule, vote statistics, correctness.
 
-SPEC section 1.2: classes are ranked over all C classes, target included,
+docs/method.md section 1.2: classes are ranked over all C classes, target included,
 descending, ties taking the minimum rank (scipy `rankdata(-s, method='min')`).
 Two paths:
 
@@ -156,11 +156,12 @@ class VoteStatistics(NamedTuple):
 def vote_statistics(class_ids: jax.Array, num_classes: int) -> VoteStatistics:
   """Ranks of the voted classes from (..., K) vote ids, without a sort over C.
 
-  SPEC 1's linear-time ranking: with h[v] the number of classes that got v
-  votes, rank_min(k) = 1 + sum_{u > s_k} h[u]. h needs only the K voted
-  classes (each vote adds 1 / its class's count to h[count], so a class
-  adds 1 in total); every unvoted class shares rank num_voted + 1 (SPEC
-  1.2). The only pass over C is the histogram scatter of `vote_counts`;
+  The linear-time ranking of docs/method.md section 1: with h[v] the number
+  of classes that got v votes, rank_min(k) = 1 + sum_{u > s_k} h[u]. h
+  needs only the K voted classes (each vote adds 1 / its class's count to
+  h[count], so a class adds 1 in total); every unvoted class shares rank
+  num_voted + 1 (docs/method.md section 1.2). The only pass over C is the
+  histogram scatter of `vote_counts`;
   the suffix sums are one small (K+1) x (K+1) matmul, which XLA runs as a
   single op where a cumsum takes several.
   """

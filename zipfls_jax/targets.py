@@ -1,4 +1,4 @@
-"""Zipf soft targets over the non-target classes (SPEC sections 1.3-1.4 and 3).
+"""Zipf soft targets over the non-target classes (docs/method.md sections 1.3-1.4 and 3).
 
 A distribution maps each class's rank to an unnormalised weight d; the
 target's weight is masked *after* ranking and the rest normalised:
@@ -105,7 +105,7 @@ def rank_weights(rank: jax.Array,
                  num_classes: int,
                  distribution: TargetDistribution = TargetDistribution(),
                  group_size: Optional[jax.Array] = None) -> jax.Array:
-  """Unnormalised weight d of each class from its min rank (SPEC section 3).
+  """Unnormalised weight d of each class from its min rank (docs/method.md section 3).
 
   Args:
     rank: int min ranks in [1, C], any shape.

@@ -1,6 +1,6 @@
 """Dense votes: the classifier head applied at every position of a feature map.
 
-SPEC section 1.1. Each spatial position of the last feature map (optionally
+docs/method.md section 1.1. Each spatial position of the last feature map (optionally
 resized x2 bilinearly) is classified by the model's own head and casts one
 vote for its argmax class. The module is pure JAX; it must never materialise
 an N x positions x C float array when that would be large (iNat: 32 x 196 x

@@ -1,6 +1,6 @@
 """The total loss of each method against NumPy, and its gradient across devices.
 
-The references come from tests/reference.py (SPEC formulas in float64
+The references come from tests/reference.py (formulas of docs/method.md in float64
 NumPy/SciPy). Per-device programs (shard_map, pmap) must give the loss and
 the gradient of the global batch, including the correct-only masked mean.
 """
