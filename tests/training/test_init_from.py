@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from safetensors.numpy import save_file
 
-from experiments.configs import default
+from experiments.configs import paper
 from tests.models import torch_state_dicts as tables
 from zipfls_jax.models import get_model
 from zipfls_jax.training import (create_optimizer, create_train_state, init_from_pytorch,
@@ -62,7 +62,7 @@ def test_init_from_pytorch_loads_the_backbone_and_matching_heads(weights_file, n
 
 def test_a_run_starts_from_the_file_and_says_what_it_reinitialised(weights_file, tmp_path, capsys):
   path, _ = weights_file
-  config = default.recipe("cifar100", "cifar_resnet_tiny", "ce")   # the cheapest step
+  config = paper.recipe("cifar100", "cifar_resnet_tiny", "ce")   # the cheapest step
   config.init_from = path
   config.image_size = 16
   config.batch_size = config.eval_batch_size = 16
@@ -77,7 +77,7 @@ def test_a_run_starts_from_the_file_and_says_what_it_reinitialised(weights_file,
 
 
 def test_a_missing_file_stops_the_run_before_anything_compiles(tmp_path):
-  config = default.recipe("cifar100", "cifar_resnet_tiny", "zipf")
+  config = paper.recipe("cifar100", "cifar_resnet_tiny", "zipf")
   config.init_from = str(tmp_path / "nothing.safetensors")
   config.batch_size = config.eval_batch_size = 16
   config.image_size = 16
