@@ -278,7 +278,7 @@ def plot_zipf_law(runs: Sequence[Dict], path: str) -> None:
           ax.plot(epochs, values, color=colour, linestyle=style, marker="o", markersize=3,
                   label=label if kind == "zipf" else None)
     title = f"{DATASET_NAMES.get(panel[0], panel[0])}, {panel[1]}"
-    curve_ax.set_title(f"{title}: mean ranked softmax (dashed: non-target)")
+    curve_ax.set_title(f"{title}: mean ranked softmax\n(dashed: non-target classes)")
     curve_ax.set_xlabel("rank")
     curve_ax.set_ylabel("mean probability")
     exponent_ax.set_title("Zipf exponent s of the fit (dashed: non-target)")
