@@ -175,7 +175,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_data_mesh()
   init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
                            image_shape=setup.image_shape)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  init = metrics_lib.announce_compile(jax.jit(init, out_shardings=parallel.replicated(mesh)),
+                                      "initialisation", times, enabled=config.console)
+  state = init(jax.random.key(config.seed))
 
   checkpoints = checkpoint_lib.Checkpoints(
       os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
@@ -218,7 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_eval: Dict[str, float] = {}
   preempted = False
   step = start_step
-  times.seconds["setup"] = time.perf_counter() - start_time
+  # Everything before the first step except the initialisation's compile.
+  times.seconds["setup"] = time.perf_counter() - start_time - times.seconds["compile"]
   with _PreemptionFlag() as flag:
     while step < setup.total_steps:
       batch = parallel.shard_batch(next(train_iter), mesh)
