@@ -55,11 +55,21 @@ def read_jsonl(workdir):
     ("imagenet2012", "resnet_tiny"),
     ("i_naturalist2021", "resnet_tiny"),
 ])
-def test_real_train_steps_under_mock_data(tmp_path, dataset, model):
+def test_real_train_steps_under_mock_data(tmp_path, dataset, model, capsys):
   config = tiny_config(dataset, model)
+  config.console = True
   with mock():
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 3 and not summary["preempted"]
+  # The console says what XLA compiles, once each, and the summary splits
+  # the wall time into phases that add up to at most the total.
+  out = capsys.readouterr().out
+  for what in ("initialisation", "train step", "eval step"):
+    assert out.count(f"Compiling the {what} with XLA") == 1, out
+  seconds = summary["seconds"]
+  assert set(seconds) == {"setup", "compile", "eval", "total"}
+  assert min(seconds.values()) > 0
+  assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 1e-6
   records = read_jsonl(tmp_path)
   train = [r for r in records if "train_loss" in r]
   evals = [r for r in records if "eval_top1" in r]
