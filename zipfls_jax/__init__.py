@@ -20,6 +20,27 @@ from zipfls_jax.targets import DISTRIBUTIONS, TargetDistribution, rank_weights, 
 from zipfls_jax.validation import check_labels, check_votes
 from zipfls_jax.votes import dense_votes, upsample_bilinear
 
+# The paper's label-smoothing and self-distillation baselines (issue 9/10).
+from zipfls_jax.self_distillation import (
+    OLSState,
+    bake_targets,
+    byot_exit_loss,
+    byot_feature_loss,
+    cs_kd_loss,
+    ddgsd_loss,
+    kd_loss,
+    linear_mmd,
+    ols_init,
+    ols_loss,
+    ols_next_epoch,
+    ols_update,
+    ps_kd_alpha,
+    ps_kd_targets,
+    soft_cross_entropy,
+    symmetric_kl_loss,
+    tf_kd_regularization_loss,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -44,4 +65,25 @@ __all__ = [
     "zipf_label_smoothing_terms",
     "zipf_loss",
     "zipf_targets",
+]
+
+# The baselines' exports, kept as their own block.
+__all__ += [
+    "OLSState",
+    "bake_targets",
+    "byot_exit_loss",
+    "byot_feature_loss",
+    "cs_kd_loss",
+    "ddgsd_loss",
+    "kd_loss",
+    "linear_mmd",
+    "ols_init",
+    "ols_loss",
+    "ols_next_epoch",
+    "ols_update",
+    "ps_kd_alpha",
+    "ps_kd_targets",
+    "soft_cross_entropy",
+    "symmetric_kl_loss",
+    "tf_kd_regularization_loss",
 ]

@@ -32,6 +32,7 @@ _LAZY = {
     "get_builder": "sources",
     "prepare_dataset": "sources",
     "prepare_fashion_mnist": "fashion_mnist",
+    "ClassPairedSampler": "samplers",
 }
 
 
