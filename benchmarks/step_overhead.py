@@ -33,7 +33,7 @@ from zipfls_jax.models import get_model
 def build_step(model_name, num_classes, size, batch, objective, vote_upsample, mesh):
   model = get_model(model_name, num_classes=num_classes, vote_upsample=vote_upsample)
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.1, schedule="step", steps_per_epoch=100, num_epochs=1)
+      learning_rate=0.1, lr_schedule="step", steps_per_epoch=100, num_epochs=1)
   tx = training.create_optimizer(schedule)
   init = jax.jit(functools.partial(training.create_train_state, model=model, tx=tx,
                                    image_shape=(size, size, 3)),

@@ -1,4 +1,4 @@
-r"""The results table of SPEC section 7 from finished workdirs, and their curves.
+r"""The results table of docs/method.md section 7 from finished workdirs, and their curves.
 
     python -m experiments.results_sheet workdirs/* --plot=curves.png
 
@@ -24,7 +24,7 @@ from zipfls_jax.training import config as config_lib
 
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the curves as a PNG (optional).")
 
-# SPEC section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
+# docs/method.md section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
 PAPER = {
     ("cifar100", "cifar_densenet121", "ce"): ("77.86 ± 0.26", "77.97 ± 0.18"),
     ("cifar100", "cifar_densenet121", "zipf"): ("79.03 ± 0.32", "79.85 ± 0.27"),

@@ -1,6 +1,7 @@
 r"""Trains one run of the paper from a config file.
 
-    python -m experiments.train --config=experiments/configs/cifar100_resnet18_zipf.py \
+    python -m experiments.train \
+        --config=experiments/configs/paper.py:cifar100,cifar_resnet18,zipf \
         --workdir=workdirs/cifar100_resnet18_zipf_seed0 --config.seed=0
 
 Any config key can be overridden with `--config.KEY=VALUE` (e.g.
@@ -21,7 +22,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file (experiments/configs/*.py).",
+    "config", None, "An ml_collections config file, with its argument after ':' "
+    "(experiments/configs/paper.py:DATASET,MODEL,METHOD[,ABLATION]).",
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 

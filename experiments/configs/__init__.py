@@ -1,1 +1,1 @@
-"""One `ml_collections` config file per run of SPEC section 6 (see default.py)."""
+"""Configs: `paper.py` for every run of docs/method.md section 6, by argument; the demo's run."""

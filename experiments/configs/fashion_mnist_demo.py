@@ -3,15 +3,15 @@
 Not a run of the paper: 800 steps of 128 images (about 1.7 passes over the
 60,000 training images), evaluated on the full 10,000-image test split every
 200 steps ("epoch" here means 200 steps). Everything else follows the CIFAR
-recipe (SPEC 6): SGD 0.1, momentum 0.9, weight decay 1e-4, /10 at 50% and
+recipe (docs/method.md section 6): SGD 0.1, momentum 0.9, weight decay 1e-4, /10 at 50% and
 75%, Zipf's LS with lambda 0.1 on dense votes upsampled x2. Pass
 `--config.loss.method=ce|ls|zipf`; `experiments.demo` runs all three.
 """
-from experiments.configs import default
+from experiments.configs import paper
 
 
 def get_config():
-  config = default.recipe("cifar100", "cifar_resnet_tiny", "zipf")
+  config = paper.recipe("cifar100", "cifar_resnet_tiny", "zipf")
   config.dataset = "fashion_mnist"
   config.num_train_steps = 800
   config.steps_per_epoch = 200

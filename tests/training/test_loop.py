@@ -16,13 +16,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 import zipfls_jax.data as data
-from experiments.configs import default
+from experiments.configs import paper
 from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import loop
 
 
 def tiny_config(dataset, model, *, method="zipf", steps=3):
-  config = default.recipe("cifar100", model, method)
+  config = paper.recipe("cifar100", model, method)
   config.dataset = dataset
   config.image_size = 16
   config.batch_size = 16
@@ -87,13 +87,14 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
   with mock():
     straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
 
-    # Preempt the second run while it fetches its 2nd batch: it must finish
-    # that step, save and stop.
+    # Preempt the second run while it reads its 3rd batch, that is as it
+    # starts step 2 (batches are placed on the devices one step ahead): it
+    # must finish that step, save and stop.
     create = data.create_train_iterator
 
     def preempted_iterator(*args, **kwargs):
       for count, batch in enumerate(create(*args, **kwargs), start=1):
-        if count == 2:
+        if count == 3:
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
 
@@ -146,7 +147,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   other = tiny_config("cifar100", "cifar_resnet_tiny")
   other.loss.lam = 0.5
   other.log_every_steps = 7  # allowed to change
-  with pytest.raises(ValueError, match=r"loss\.lam: workdir has 0\.1, this run has 0\.5"):
+  with mock(), pytest.raises(ValueError, match=r"loss\.lam: workdir has 0\.1, this run has 0\.5"):
     loop.train_and_evaluate(other, str(tmp_path))
 
 
@@ -160,11 +161,20 @@ def test_bad_config_keys_are_named():
   config = tiny_config("cifar100", "cifar_resnet_tiny")
   config.loss.method = "zipff"
   with pytest.raises(ValueError, match="loss.method must be one of"):
-    config_lib.validate_config(config)
+    loop.build_setup(config, num_train_examples=100)
   config = tiny_config("cifar100", "cifar_resnet_tiny")
   config.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 must divide by the 8 devices"):
     config_lib.validate_config(config)
+
+
+def test_a_config_that_does_not_build_leaves_the_workdir_free(tmp_path):
+  config = tiny_config("cifar100", "cifar_resnet_tiny")
+  config.loss.method = "zipff"
+  with mock(), pytest.raises(ValueError, match="loss.method must be one of"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  # Nothing written, so the corrected rerun is not refused as another config.
+  assert not (tmp_path / "config.json").exists()
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):

@@ -33,7 +33,7 @@ def make_batch(seed=0):
 def setup():
   mesh = training.make_data_mesh()
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.05, schedule="step", steps_per_epoch=10, num_epochs=1)
+      learning_rate=0.05, lr_schedule="step", steps_per_epoch=10, num_epochs=1)
   tx = training.create_optimizer(schedule)
   init = jax.jit(functools.partial(training.create_train_state, model=tiny_model(), tx=tx,
                                    image_shape=(SIZE, SIZE, 3)),
@@ -137,6 +137,28 @@ def test_topk_correct_counts_ties_for_the_label():
   np.testing.assert_array_equal(training.topk_correct(logits, labels, 1), [False, True, False])
   np.testing.assert_array_equal(training.topk_correct(logits, labels, 2), [True, True, False])
   np.testing.assert_array_equal(training.topk_correct(logits, labels, 3), [True, True, False])
+
+
+def test_prefetch_places_batches_in_order_reading_at_most_size_ahead():
+  mesh = training.make_data_mesh()
+  read = []
+
+  def batches():
+    for i in range(5):
+      read.append(i)
+      yield {"x": np.full((8, 2), i, np.float32)}
+
+  placed = training.prefetch_to_mesh(batches(), mesh, size=2)
+  first = next(placed)
+  assert read == [0, 1]
+  assert first["x"].sharding == training.batch_sharded(mesh)
+  assert first["x"].addressable_shards[3].data.shape == (1, 2)
+  second = next(placed)
+  assert read == [0, 1, 2]
+  values = [first, second, *placed]
+  assert [float(b["x"][0, 0]) for b in values] == [0.0, 1.0, 2.0, 3.0, 4.0]
+  with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
+    next(training.prefetch_to_mesh(batches(), mesh, size=0))
 
 
 def test_eval_step_counts_only_unmasked_rows():

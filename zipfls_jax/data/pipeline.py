@@ -18,7 +18,7 @@ touch models or training.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -73,12 +73,33 @@ def _processes(process_index, process_count) -> tuple[int, int]:
   return int(process_index), process_count
 
 
+class _Setup(NamedTuple):
+  """What both pipelines derive from their arguments, checked."""
+  spec: specs.DatasetSpec
+  builder: Any
+  process_index: int
+  process_count: int
+  local_batch: int
+  size: int
+
+
+def _setup(name, global_batch_size, data_dir, image_size, process_index,
+           process_count) -> _Setup:
+  spec = specs.get_dataset_spec(name)
+  process_index, process_count = _processes(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  size = _check_positive_int("image_size", image_size or spec.image_size)
+  return _Setup(spec, sources.get_builder(name, data_dir), process_index,
+                process_count, local_batch, size)
+
+
 def resolve_split(spec: specs.DatasetSpec, split: str) -> str:
   """'train'/'eval' -> the spec's tfds split; a tfds split name as is."""
   return {"train": spec.train_split, "eval": spec.eval_split}.get(split, split)
 
 
-def _read(name, builder, split, *, shuffle_files: bool, seed: int, spec):
+def _read(name, builder, split, *, spec, shuffle_files: bool = False,
+          seed: int = 0):
   """(image, label) pairs of `split`; JPEG sets keep the encoded bytes."""
   decoders = {"image": tfds.decode.SkipDecoding()} if spec.jpeg else None
   try:
@@ -197,13 +218,11 @@ def train_dataset(
   which needs them, but are skipped before decoding and augmentation, the
   costly part.
   """
-  spec = specs.get_dataset_spec(name)
-  process_index, process_count = _processes(process_index, process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
-  size = _check_positive_int("image_size", image_size or spec.image_size)
+  spec, builder, process_index, process_count, local_batch, size = _setup(
+      name, global_batch_size, data_dir, image_size, process_index,
+      process_count)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
-  builder = sources.get_builder(name, data_dir)
   subsplit = tfds.split_for_jax_process(
       resolve_split(spec, split),
       process_index=process_index,
@@ -211,8 +230,8 @@ def train_dataset(
   )
   # Different processes shuffle differently; all are fixed by `seed`.
   stream_seed = (int(seed) * 1_000_003 + process_index) % (2**31 - 1)
-  ds = _read(name, builder, subsplit, shuffle_files=True, seed=stream_seed,
-             spec=spec)
+  ds = _read(name, builder, subsplit, spec=spec, shuffle_files=True,
+             seed=stream_seed)
   if spec.cache:
     ds = ds.cache()
   ds = ds.shuffle(spec.shuffle_buffer, seed=stream_seed,
@@ -237,7 +256,8 @@ def train_dataset(
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _shard_sizes(builder, split: str, process_count: int, read) -> list[int]:
+def _shard_sizes(name, builder, spec, split: str,
+                 process_count: int) -> list[int]:
   """Examples in each process's part of `split`, in process order."""
   sizes = []
   for index in range(process_count):
@@ -249,7 +269,8 @@ def _shard_sizes(builder, split: str, process_count: int, read) -> list[int]:
     except (KeyError, ValueError, TypeError):
       # Split sizes unknown (tfds's mock_data with metadata from code):
       # count what the reader yields.
-      sizes.append(int(read(subsplit).cardinality().numpy()))
+      sizes.append(int(_read(name, builder, subsplit, spec=spec)
+                       .cardinality().numpy()))
   if min(sizes) < 0:
     raise ValueError(f"Cannot count the examples of split {split!r}.")
   return sizes
@@ -271,21 +292,15 @@ def eval_dataset(
   process). Batches are {'image': float32 (B, S, S, C), 'label': int32
   (B,), 'mask': bool (B,)}; padding rows have image 0, label 0, mask False.
   """
-  spec = specs.get_dataset_spec(name)
-  process_index, process_count = _processes(process_index, process_count)
-  local_batch = _local_batch_size(global_batch_size, process_count)
-  size = _check_positive_int("image_size", image_size or spec.image_size)
-  builder = sources.get_builder(name, data_dir)
+  spec, builder, process_index, process_count, local_batch, size = _setup(
+      name, global_batch_size, data_dir, image_size, process_index,
+      process_count)
   split = resolve_split(spec, split)
-
-  def read(subsplit):
-    return _read(name, builder, subsplit, shuffle_files=False, seed=0,
-                 spec=spec)
-
-  sizes = _shard_sizes(builder, split, process_count, read)
+  sizes = _shard_sizes(name, builder, spec, split, process_count)
   num_batches = math.ceil(max(sizes) / local_batch)
-  ds = read(tfds.split_for_jax_process(
-      split, process_index=process_index, process_count=process_count))
+  ds = _read(name, builder, tfds.split_for_jax_process(
+      split, process_index=process_index, process_count=process_count),
+      spec=spec)
   ds = ds.map(
       lambda image, label: {
           "image": eval_preprocess(image, spec, size),
@@ -339,27 +354,24 @@ def create_eval_iterator(
     data_dir=None,
     image_size: int | None = None,
     split: str = "eval",
-) -> Iterator[dict[str, np.ndarray]]:
-  """One exact pass over the evaluation split (NumPy dicts with 'mask').
+) -> Iterable[dict[str, np.ndarray]]:
+  """Exact passes over the evaluation split (NumPy dicts with 'mask').
 
-  Every process yields the same number of batches; summing `mask` over
-  batches and processes counts each example of the split exactly once.
-  See `eval_dataset`.
+  Every `for` over the result (every `iter()`) is one new exact pass, so a
+  training loop builds it once and evaluates many times. Every process
+  yields the same number of batches; summing `mask` over batches and
+  processes counts each example of the split exactly once. See
+  `eval_dataset`.
   """
   ds, _ = eval_dataset(
       name, global_batch_size=global_batch_size, data_dir=data_dir,
       image_size=image_size, split=split,
   )
-  return iter(tfds.as_numpy(ds))
+  return tfds.as_numpy(ds)
 
 
 def num_examples(name: str, split: str, data_dir=None) -> int:
   """Examples in `split` ('train', 'eval' or a tfds split) of a prepared set."""
   spec = specs.get_dataset_spec(name)
   builder = sources.get_builder(name, data_dir)
-
-  def read(subsplit):
-    return _read(name, builder, subsplit, shuffle_files=False, seed=0,
-                 spec=spec)
-
-  return _shard_sizes(builder, resolve_split(spec, split), 1, read)[0]
+  return _shard_sizes(name, builder, spec, resolve_split(spec, split), 1)[0]

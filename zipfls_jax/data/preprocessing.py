@@ -3,7 +3,7 @@
 Everything random here is stateless: it takes an explicit `seed` (a shape
 [2] integer tensor) and is a pure function of it, so a pipeline is
 reproducible from its seed whatever the parallelism. The recipes match
-torchvision's transforms as the authors used them (SPEC section 6); the
+torchvision's transforms as the authors used them (docs/method.md section 6); the
 large datasets decode only the JPEG window they keep. No batching, no
 dataset reading here.
 """

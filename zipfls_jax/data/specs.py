@@ -5,7 +5,7 @@ splits, augmentation recipe); it imports neither TensorFlow nor tfds, so
 models and configs can ask for `num_classes` or `image_size` cheaply. The
 pipelines in `zipfls_jax.data.pipeline` read it; nothing here reads data.
 
-Recipes follow SPEC section 6 (the authors' runs):
+Recipes follow docs/method.md section 6 (the authors' runs):
 
 * cifar100: random crop 32 after 4 zero pixels of padding, horizontal flip;
   eval uses the image as is. CIFAR mean/std.

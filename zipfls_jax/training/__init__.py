@@ -17,6 +17,7 @@ from zipfls_jax.training.parallel import (
     compile_train_step,
     make_data_mesh,
     pmap_train_step,
+    prefetch_to_mesh,
     replicated,
     shard_batch,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "make_eval_step",
     "make_train_step",
     "pmap_train_step",
+    "prefetch_to_mesh",
     "read_metrics",
     "replicated",
     "shard_batch",

@@ -1,9 +1,11 @@
 """Every key of a run's config, with its meaning, and the check of a config.
 
 `base_config()` is the schema: the paper's CIFAR-100 CIFAR-ResNet18 CE run
-(SPEC section 6). Experiment configs start from it and change only what
-differs; `validate_config` refuses keys it does not know and values out of
-range, naming them. This module must not build models or read data.
+(docs/method.md section 6). Experiment configs start from it and change only
+what differs; `validate_config` refuses keys it does not know and the values
+out of range that no builder checks, naming them (the objective's and the
+optimizer's values are checked by what they build). This module must not
+build models or read data.
 """
 from __future__ import annotations
 
@@ -78,12 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict,
                     reference: Optional[ml_collections.ConfigDict] = None) -> None:
-  """Checks a config's keys against `base_config()` and its values' ranges.
+  """Checks a config's keys against `base_config()` and the values no builder owns.
+
+  The values that configure the objective, the schedule and the optimizer
+  are checked once, by what they build (`Objective`, `optim`), when
+  `loop.build_setup` builds it; their messages name the config key too.
 
   Raises:
     ValueError: naming each unknown or missing key, or the bad value.
   """
-  from zipfls_jax.training import optim, parallel  # pylint: disable=g-import-not-at-top
+  from zipfls_jax.training import parallel  # pylint: disable=g-import-not-at-top
   reference = base_config() if reference is None else reference
   unknown, missing = [], []
   _compare_keys(config.to_dict(), reference.to_dict(), "config", unknown, missing)
@@ -98,7 +104,7 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ValueError(f"config.batch_norm must be one of {parallel.BATCH_NORM_MODES}, "
                      f"got {config.batch_norm!r}.")
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
-              "max_checkpoints_to_keep"):
+              "max_checkpoints_to_keep", "eval_every_epochs"):
     if config[key] <= 0:
       raise ValueError(f"config.{key} must be > 0, got {config[key]}.")
   for key in ("batch_size", "eval_batch_size"):
@@ -107,19 +113,9 @@ def validate_config(config: ml_collections.ConfigDict,
                        "devices (it is the global batch, split evenly).")
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise ValueError("Set config.num_epochs > 0 or config.num_train_steps > 0.")
-  for key in ("eval_every_epochs", "learning_rate", "lr_decay_factor", "lr_decay_every_epochs"):
-    if config[key] <= 0:
-      raise ValueError(f"config.{key} must be > 0, got {config[key]}.")
-  for key in ("momentum", "weight_decay", "warmup_epochs", "image_size", "vote_upsample"):
+  for key in ("image_size", "vote_upsample"):
     if config[key] < 0:
       raise ValueError(f"config.{key} must be >= 0, got {config[key]}.")
-  if config.lr_schedule not in optim.SCHEDULES:
-    raise ValueError(f"config.lr_schedule must be one of {optim.SCHEDULES}, "
-                     f"got {config.lr_schedule!r}.")
-  if not all(0.0 < f < 1.0 for f in config.lr_decay_at):
-    raise ValueError("config.lr_decay_at must hold fractions of training in (0, 1), "
-                     f"got {tuple(config.lr_decay_at)}.")
-  objective_lib.Objective.from_config(config.loss)
 
 
 def _compare_keys(config, reference, prefix, unknown, missing):

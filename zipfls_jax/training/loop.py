@@ -17,7 +17,7 @@ import functools
 import os
 import signal
 import threading
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,11 @@ class RunSetup:
 
 
 def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -> RunSetup:
-  """Model, optimizer, schedule and objective of a config (cheap: no arrays)."""
+  """Model, optimizer, schedule and objective of a config (cheap: no arrays).
+
+  Building them checks the config values they own (`validate_config` checks
+  the keys and the rest); each error names the config key.
+  """
   from zipfls_jax import data, models  # pylint: disable=g-import-not-at-top
   spec = data.get_dataset_spec(config.dataset)
   image_size = config.image_size or spec.image_size
@@ -72,10 +76,11 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
   else:
     total_steps = int(round(config.num_epochs * steps_per_epoch))
   learning_rate_fn = optim.create_learning_rate_schedule(
-      base_learning_rate=config.learning_rate, schedule=config.lr_schedule,
+      learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
       steps_per_epoch=steps_per_epoch, num_epochs=total_steps / steps_per_epoch,
-      warmup_epochs=config.warmup_epochs, decay_factor=config.lr_decay_factor,
-      decay_at=tuple(config.lr_decay_at), decay_every_epochs=config.lr_decay_every_epochs)
+      warmup_epochs=config.warmup_epochs, lr_decay_factor=config.lr_decay_factor,
+      lr_decay_at=tuple(config.lr_decay_at),
+      lr_decay_every_epochs=config.lr_decay_every_epochs)
   tx = optim.create_optimizer(learning_rate_fn, momentum=config.momentum,
                               nesterov=config.nesterov, weight_decay=config.weight_decay)
   eval_every_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
@@ -122,12 +127,12 @@ class _PreemptionFlag:
     return self.requested
 
 
-def evaluate(eval_step, state: TrainState, batches: Iterator[Dict[str, np.ndarray]],
+def evaluate(eval_step, state: TrainState, batches: Iterable[Dict[str, np.ndarray]],
              mesh) -> Dict[str, float]:
-  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches`."""
+  """Top-1 and top-5 accuracy (in %) over one exact pass of `batches` (host batches)."""
   totals = None
-  for batch in batches:
-    sums = eval_step(state, parallel.shard_batch(batch, mesh))
+  for batch in parallel.prefetch_to_mesh(batches, mesh):
+    sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError("The eval iterator yielded no batches.")
@@ -156,10 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     jax.distributed.initialize()
   config_lib.validate_config(config)
   data_dir = config.data_dir or None
-  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
-
   num_train = data.num_examples(config.dataset, "train", data_dir=data_dir)
   setup = build_setup(config, num_train_examples=num_train)
+  # Only a config that builds is written to the workdir, so that a corrected
+  # rerun of a failed start is not refused as another config.
+  checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
   mesh = parallel.make_data_mesh()
   init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
                            image_shape=setup.image_shape)
@@ -186,12 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   image_size = setup.image_shape[0]
   # The stream is a fixed function of the seed: starting it at the resumed
   # step gives the batches an uninterrupted run would have seen.
-  train_iter = data.create_train_iterator(
+  train_batches = parallel.prefetch_to_mesh(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      data_dir=data_dir, image_size=image_size, start_step=start_step)
-  make_eval_iter = functools.partial(
-      data.create_eval_iterator, config.dataset, global_batch_size=config.eval_batch_size,
-      data_dir=data_dir, image_size=image_size)
+      data_dir=data_dir, image_size=image_size, start_step=start_step), mesh)
+  eval_batches = data.create_eval_iterator(  # built once, one exact pass per `for`
+      config.dataset, global_batch_size=config.eval_batch_size, data_dir=data_dir,
+      image_size=image_size)
 
   writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
   clock = metrics_lib.Progress(setup.total_steps, start_step, config.batch_size)
@@ -203,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step = start_step
   with _PreemptionFlag() as flag:
     while step < setup.total_steps:
-      batch = parallel.shard_batch(next(train_iter), mesh)
+      batch = next(train_batches)
       with guard():
         state, metrics = train_step(state, batch)
       history.append(metrics)
@@ -225,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           print(clock.line(step, epoch, scalars, eta), flush=True)
 
       if step % setup.eval_every_steps == 0 or is_last:
-        last_eval = evaluate(eval_step, state, make_eval_iter(), mesh)
+        last_eval = evaluate(eval_step, state, eval_batches, mesh)
         clock.exclude_time_since_last_call()
         if last_eval["top1"] > progress["best_top1"]:
           progress = {"best_top1": last_eval["top1"], "best_top1_step": step}

@@ -6,7 +6,8 @@ when asked, writes the same scalars as TensorBoard events; TensorFlow is
 imported only then, so `zipfls_jax.training` stays TensorFlow-free at import.
 `check_finite` stops a run whose loss went NaN or infinite. `Progress`
 formats the console line with throughput and ETA. Only process 0 writes.
-This module must not compute metrics on devices.
+It receives numbers the steps computed and fetched; its one device program
+is `check_finite_state`'s reduction over the parameters before a save.
 """
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ class MetricWriter:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     self._file = (epath.Path(workdir) / METRICS_FILE).open("a")
     if tensorboard:
+      # First, so that TensorFlow stays off the accelerators (as in the pipelines).
+      # pylint: disable-next=g-import-not-at-top,unused-import
+      from zipfls_jax.data import tensorflow_setup  # noqa: F401
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], "GPU")
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
       self._tf = tf
       # What `tensorboard.summary.scalar` writes, without needing the

@@ -6,12 +6,15 @@ replicated: BatchNorm statistics are then those of the global batch
 (synchronised). `batch_norm='per_device'` compiles the per-device program
 under `jax.shard_map` instead, with each device normalising by its own
 shard, as in the authors' multi-GPU runs. `pmap_train_step` serves users of
-`jax.pmap`. The state is donated to every compiled step; nothing returns to
+`jax.pmap`. `prefetch_to_mesh` places the next batches on the devices while
+a step runs. The state is donated to every compiled step; nothing returns to
 the host inside a step. This module must not read data or write files.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+import collections
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,8 +32,8 @@ BATCH_NORM_MODES = ("sync", "per_device")
 def make_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A one-dimensional mesh over `devices` (default: all devices, all hosts)."""
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,),
-              axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -58,6 +61,25 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict:
                        "divides by the number of devices.")
     out[name] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, *,
+                     size: int = 2) -> Iterator[dict]:
+  """`shard_batch` of each of `batches`, issued `size` batches ahead.
+
+  A host-to-device copy is dispatched without waiting for it, so while the
+  devices run one step the next batches already travel to them (as
+  `flax.jax_utils.prefetch_to_device` does for pmap). Reads at most `size`
+  batches ahead of what it has yielded.
+  """
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"size must be an int >= 1, got {size!r}.")
+  batches = iter(batches)
+  queue = collections.deque(
+      shard_batch(batch, mesh) for batch in itertools.islice(batches, size))
+  while queue:
+    yield queue.popleft()
+    queue.extend(shard_batch(batch, mesh) for batch in itertools.islice(batches, 1))
 
 
 def _check_bn_axis(model: nn.Module, expected, where: str) -> None:

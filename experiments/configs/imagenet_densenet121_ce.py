@@ -1,6 +1,0 @@
-"""ImageNet, densenet121, cross-entropy (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("imagenet2012", "densenet121", "ce")

@@ -1,6 +1,0 @@
-"""ImageNet, resnext101_32x8d, label smoothing (eps 0.1) (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("imagenet2012", "resnext101_32x8d", "ls")

@@ -1,6 +1,0 @@
-"""ImageNet, resnext50_32x4d, cross-entropy (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("imagenet2012", "resnext50_32x4d", "ce")

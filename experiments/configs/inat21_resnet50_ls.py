@@ -1,6 +1,0 @@
-"""iNat21 mini, resnet50, label smoothing (eps 0.1) (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("i_naturalist2021", "resnet50", "ls")

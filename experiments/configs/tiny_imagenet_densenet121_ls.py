@@ -1,6 +1,0 @@
-"""TinyImageNet, CIFAR DenseNet121, label smoothing (eps 0.1) (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("tiny_imagenet", "cifar_densenet121", "ls")

@@ -1,6 +1,0 @@
-"""TinyImageNet, CIFAR ResNet18, label smoothing (eps 0.1) (SPEC 6)."""
-from experiments.configs import default
-
-
-def get_config():
-  return default.recipe("tiny_imagenet", "cifar_resnet18", "ls")
