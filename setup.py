@@ -1,6 +1,6 @@
 """zipfls_jax: Zipf's Label Smoothing (ECCV 2022) in JAX/Flax.
 
-The core loss needs only jax, chex and numpy; everything that trains
+The core loss needs only jax and numpy; everything that trains
 (models, tfds pipelines, checkpoints) lives behind the `experiments` extra
 so that `import zipfls_jax` never pulls TensorFlow.
 """
@@ -10,7 +10,6 @@ CORE = [
     # 0.8: explicit-sharding meshes and `.at[...].add(out_sharding=)`, which the
     # loss's scatters use; the loss's tests pass on jax 0.8.0 through 0.12.
     "jax>=0.8.0",
-    "chex>=0.1.86",
     "numpy>=1.24",
 ]
 MODELS = [
@@ -32,6 +31,9 @@ EXPERIMENTS = MODELS + [
 ]
 TEST = EXPERIMENTS + [
     "scipy>=1.10",
+    # The tests' variants (jit and eager) and assert_max_traces; the library
+    # itself does not import chex.
+    "chex>=0.1.86",
     "pytest>=7.4",
     "pytest-xdist>=3.3",
 ]

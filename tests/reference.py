@@ -1,4 +1,6 @@
-"""Independent NumPy/SciPy references written from SPEC's formulas.
+"""Independent NumPy/SciPy references written from the method's formulas.
+
+docs/method.md sections 1-3 (and the README's table of distributions).
 
 Loops and float64 on purpose: these must share no code with zipfls_jax.
 """
@@ -54,10 +56,12 @@ def targets(scores, labels, name="zipf", **kw):
 
 
 def counts(votes, num_classes):
+  """Vote histogram; ids outside [0, C) are ignored, as the loss documents."""
   out = np.zeros((len(votes), num_classes), np.int64)
   for i, row in enumerate(votes):
     for v in row:
-      out[i, v] += 1
+      if 0 <= v < num_classes:
+        out[i, v] += 1
   return out
 
 

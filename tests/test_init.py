@@ -24,7 +24,8 @@ def test_models_and_training_import_no_tensorflow():
 
 def test_public_api_is_exported():
   for name in zipfls_jax.__all__:
-    assert callable(getattr(zipfls_jax, name)) or name == "DISTRIBUTIONS"
+    assert callable(getattr(zipfls_jax, name)) or name in ("DEFAULT_LAM", "DISTRIBUTIONS",
+                                                           "RANK_BY")
   assert set(zipfls_jax.DISTRIBUTIONS) == {
       "zipf", "constant", "random_uniform", "random_gaussian", "random_pareto",
       "sorted_pareto", "linear_decay", "exponential_decay", "unbiased_zipf"}

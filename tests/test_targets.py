@@ -26,7 +26,8 @@ def test_ranked_distributions_match_reference(name, kw, num_classes):
   rng = np.random.default_rng(num_classes)
   scores = rng.integers(0, 5, size=(6, num_classes)).astype(np.float32)  # many ties
   labels = rng.integers(0, num_classes, size=6)
-  fn = jax.jit(lambda s, y: zipfls_jax.zipf_targets(s, y, distribution=name, **kw))
+  dist = zipfls_jax.TargetDistribution(name, **kw)
+  fn = jax.jit(lambda s, y: zipfls_jax.zipf_targets(s, y, distribution=dist))
   got = fn(scores, labels)
   want = reference.targets(scores, labels, name, **kw)
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
@@ -85,18 +86,49 @@ def test_targets_carry_no_gradient():
   np.testing.assert_array_equal(grad, 0.0)
 
 
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"name": "gauss"}, ValueError, "distribution"),
+    ({"power": 0.0}, ValueError, "power"),
+    ({"power": -1.0}, ValueError, "power"),
+    ({"power": NAN}, ValueError, "power"),
+    ({"power": jnp.ones(())}, TypeError, "power"),
+    ({"power": "1"}, TypeError, "power"),
+    ({"smallest_prob": -0.1}, ValueError, "smallest_prob"),
+    ({"smallest_prob": NAN}, ValueError, "smallest_prob"),
+    ({"decay": 0.0}, ValueError, "decay"),
+    ({"decay": NAN}, ValueError, "decay"),
+    ({"lower_bound": 0.0}, ValueError, "lower_bound"),
+    ({"upper_bound": 1.0}, ValueError, "upper_bound"),
+    ({"upper_bound": NAN}, ValueError, "upper_bound"),
+])
+def test_target_distribution_checks_every_value_once(kw, error, match):
+  with pytest.raises(error, match=match):
+    zipfls_jax.TargetDistribution(**kw)
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"distribution": "gauss"}, "distribution"),
-    ({"power": 0.0}, "power"),
-    ({"power": -1.0}, "power"),
     ({"distribution": "random_uniform"}, "key"),
-    ({"distribution": "linear_decay", "smallest_prob": 0.5}, "smallest_prob"),
-    ({"distribution": "exponential_decay", "decay": 0.0}, "decay"),
-    ({"distribution": "unbiased_zipf", "lower_bound": 0.0}, "lower_bound"),
+    ({"distribution": zipfls_jax.TargetDistribution("linear_decay", smallest_prob=0.5)},
+     "smallest_prob"),
 ])
 def test_bad_parameters_raise_naming_the_argument(kw, match):
   with pytest.raises(ValueError, match=match):
     zipfls_jax.zipf_targets(jnp.ones((2, 4)), jnp.array([0, 1]), **kw)
+
+
+def test_a_name_is_the_distribution_with_its_defaults():
+  scores, labels = jnp.array([[3.0, 0.0, 2.0, 1.0, 2.0]]), jnp.array([1])
+  fn = jax.jit(zipfls_jax.zipf_targets, static_argnames="distribution")
+  for name in targets.RANK_DISTRIBUTIONS:
+    np.testing.assert_array_equal(
+        fn(scores, labels, distribution=name),
+        fn(scores, labels, distribution=zipfls_jax.TargetDistribution(name)))
+  with pytest.raises(TypeError, match="distribution"):
+    zipfls_jax.zipf_targets(scores, labels, distribution=("zipf", 2.0))
 
 
 def test_bad_shapes_raise():

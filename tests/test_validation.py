@@ -24,7 +24,7 @@ def test_check_where_and_positive():
   validation.check_where(None, (3,))
   with pytest.raises(ValueError, match="`power` must be > 0, got -1"):
     validation.check_positive("power", -1)
-  with pytest.raises(TypeError, match="`power` must be a Python scalar"):
+  with pytest.raises(TypeError, match="`power` must be a Python number"):
     validation.check_positive("power", np.ones(2))
 
 

@@ -1,4 +1,4 @@
-"""Ranks of class scores, with SPEC's tie rule, and vote statistics.
+"""Ranks of class scores with the method's tie rule, vote statistics, correctness.
 
 SPEC section 1.2: classes are ranked over all C classes, target included,
 descending, ties taking the minimum rank (scipy `rankdata(-s, method='min')`).
@@ -7,8 +7,12 @@ Two paths:
 * `rank_min` / `rank_max` on dense (..., C) scores: one sort, then a search
   (logit ranking needs it).
 * `vote_statistics` on (..., K) vote class ids: only the K voted classes can
-  differ from the rank shared by every unvoted class, so ranks come from
-  K x K comparisons with no pass over C at all (the fast path of the loss).
+  differ from the rank shared by every unvoted class, so their ranks come
+  from a histogram of the votes: the one pass over C is zeroing and filling
+  the (..., C) vote counts, no sort over C (the fast path of the loss).
+
+`topk_correct` applies the same rule to the label: the package's one
+definition of a correct prediction.
 
 Nothing here takes gradients: ranks are integers.
 """
@@ -64,6 +68,40 @@ def rank_max(scores: jax.Array) -> jax.Array:
   """
   validation.check_num_classes("scores", jnp.shape(scores))
   return _count_greater_equal(jax.lax.stop_gradient(jnp.asarray(scores)))[1]
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int = 1) -> jax.Array:
+  """Whether the label is among the top k: fewer than k classes score higher.
+
+  The package's one definition of "correct", used by the correct-only mask
+  (`ZipfTerms.correct`, k = 1) and the logged top-1 / top-5 accuracies. It
+  is the rank rule of the targets: the label's min rank (1 + the number of
+  classes scoring strictly higher, ties sharing the best rank) is <= k. So
+  a label tied with the highest logit counts as correct, whatever its index.
+  An out-of-range label, or a NaN logit at the label, is never correct.
+
+  Args:
+    logits: (..., C) scores.
+    labels: (...) int labels.
+    k: how many of the best ranks count.
+
+  Returns:
+    (...) bool.
+
+  Example:
+    >>> topk_correct(jnp.array([[1., 3., 3.], [1., 3., 3.]]), jnp.array([2, 0]))
+    Array([ True, False], dtype=bool)
+  """
+  validation.check_logits_labels(logits, labels)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+  logits = jax.lax.stop_gradient(jnp.asarray(logits))
+  labels = jnp.asarray(labels)
+  # mode="fill" makes an out-of-range label's logit NaN, which nothing beats.
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1, mode="fill",
+                                    fill_value=jnp.nan)
+  higher = jnp.sum(logits > label_logit, axis=-1)
+  return (higher < k) & ~jnp.isnan(label_logit[..., 0])
 
 
 def vote_counts(class_ids: jax.Array, num_classes: int, dtype=jnp.int32) -> jax.Array:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import zipfls_jax
 from tests import reference
 from zipfls_jax.models import ModelOutput
 from zipfls_jax.training import objective as objective_lib
@@ -37,7 +38,7 @@ def numpy_loss(objective, logits, labels, votes, exits):
     soft = np.full((N, C), 1.0 / (C - 1))
     main = reference.smoothed_cross_entropy(logits, labels, soft, objective.ls_eps).mean()
   else:
-    q = reference.targets(reference.counts(votes, C), labels, power=objective.power)
+    q = reference.targets(reference.counts(votes, C), labels, power=objective.target.power)
     kl = reference.kl_non_target(logits, labels, q)
     if objective.correct_only:
       mask = logits.argmax(-1) == labels
@@ -52,7 +53,8 @@ def numpy_loss(objective, logits, labels, votes, exits):
 OBJECTIVES = [
     objective_lib.Objective(method="ce"),
     objective_lib.Objective(method="ls", ls_eps=0.2),
-    objective_lib.Objective(method="zipf", lam=0.7, power=1.3),
+    objective_lib.Objective(method="zipf", lam=0.7,
+                            target=zipfls_jax.TargetDistribution(power=1.3)),
     objective_lib.Objective(method="zipf", lam=0.5, correct_only=True, exit_weight=0.3),
 ]
 
@@ -120,8 +122,27 @@ def test_config_errors_name_the_key():
     objective_lib.Objective.from_config({"method": "zipf", "lamda": 0.1})
   with pytest.raises(ValueError, match="loss.rank_by must be one of"):
     objective_lib.Objective(method="zipf", rank_by="features")
-  with pytest.raises(ValueError, match="loss.distribution must be one of"):
-    objective_lib.Objective(method="zipf", distribution="zipff")
+  with pytest.raises(ValueError, match="config.loss: `distribution` must be one of"):
+    objective_lib.Objective.from_config({"method": "zipf", "distribution": "zipff"})
+  # The distribution's values are checked once, by TargetDistribution; the
+  # message still names the config key.
+  with pytest.raises(ValueError, match="config.loss: `power` must be > 0, got nan"):
+    objective_lib.Objective.from_config({"method": "zipf", "power": float("nan")})
+  with pytest.raises(ValueError, match="config.loss.lam must be >= 0"):
+    objective_lib.Objective.from_config({"method": "zipf", "lam": float("nan")})
+
+
+def test_config_block_round_trips_and_lam_has_one_default():
+  objective = objective_lib.Objective(
+      method="zipf", rank_by="logits", target=zipfls_jax.TargetDistribution(
+          "unbiased_zipf", power=2.0, upper_bound=30.0))
+  assert objective_lib.Objective.from_config(objective.to_config()) == objective
+  assert objective.to_config()["distribution"] == "unbiased_zipf"
+  assert objective_lib.Objective().lam == zipfls_jax.DEFAULT_LAM
+  from zipfls_jax.training import config as config_lib   # pylint: disable=g-import-not-at-top
+  loss = config_lib.base_config().loss
+  assert loss.lam == zipfls_jax.DEFAULT_LAM
+  assert objective_lib.Objective.from_config(loss) == objective_lib.Objective()
 
 
 def test_votes_missing_from_model_output_is_explained():

@@ -14,6 +14,8 @@ from typing import Optional
 import jax
 import ml_collections
 
+from zipfls_jax.training import objective as objective_lib
+
 DTYPES = ("float32", "bfloat16")
 # Keys that may change between the runs of one workdir (and between the
 # seeds of one results-table cell): they do not change what is computed.
@@ -40,21 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_options = ml_collections.ConfigDict()
   c.dtype = "float32"          # compute dtype: 'float32' or 'bfloat16'.
   c.batch_norm = "sync"        # 'sync' (global batch) or 'per_device'.
-  # Objective (zipfls_jax.training.Objective).
-  c.loss = ml_collections.ConfigDict(dict(
-      method="ce",             # 'ce', 'ls', 'zipf' or 'ls_zipf'.
-      ls_eps=0.1,
-      lam=0.1,
-      power=1.0,
-      distribution="zipf",
-      rank_by="votes",         # 'votes' or 'logits'.
-      correct_only=False,
-      exit_weight=0.0,
-      smallest_prob=0.0,
-      decay=1.0,
-      lower_bound=1.0,
-      upper_bound=ml_collections.config_dict.placeholder(float),
-  ))
+  # Objective: method ('ce', 'ls', 'zipf', 'ls_zipf'), ls_eps, lam, rank_by
+  # ('votes', 'logits'), correct_only, exit_weight and the target distribution
+  # (distribution, power, smallest_prob, decay, lower_bound, upper_bound).
+  # Documented, defaulted and checked once, by zipfls_jax.training.Objective
+  # and zipfls_jax.TargetDistribution; upper_bound None is a float placeholder.
+  c.loss = ml_collections.ConfigDict({
+      key: ml_collections.config_dict.placeholder(float) if value is None else value
+      for key, value in objective_lib.Objective().to_config().items()})
   # Optimisation: SGD, momentum 0.9, no Nesterov, weight decay on all params.
   c.batch_size = 128           # global, over all devices and hosts.
   c.num_epochs = 200.0

@@ -9,9 +9,12 @@ together (docs/method.md section 2):
     mean(CE(z, y)) + lam * mean(KL)            (or masked to correct examples)
       + alpha * sum_exits mean(CE(z_exit, y))
 
-With `axis_name` (inside shard_map or pmap) every mean is over the global
-batch, so the value and its gradient equal the single-device ones. This
-module must not import data, checkpointing or TensorFlow.
+The target distribution's options are `zipfls_jax.TargetDistribution`'s, and
+its validation is theirs: this module only maps the config's flat keys onto
+it and names the config key in the error. With `axis_name` (inside shard_map
+or pmap) every mean is over the global batch, so the value and its gradient
+equal the single-device ones. This module must not import data,
+checkpointing or TensorFlow.
 """
 from __future__ import annotations
 
@@ -23,59 +26,57 @@ import jax.numpy as jnp
 import optax
 
 import zipfls_jax
-from zipfls_jax import targets as targets_lib
 
 METHODS = ("ce", "ls", "zipf", "ls_zipf")
-RANK_BY = ("votes", "logits")
+# The config's loss keys that hold the target distribution: `distribution` is
+# its name, the others are TargetDistribution's fields of the same name.
+TARGET_KEYS = ("distribution",) + tuple(
+    f.name for f in dataclasses.fields(zipfls_jax.TargetDistribution) if f.name != "name")
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """What to minimise.
+  """What to minimise; each attribute is the config key `loss.<name>`.
 
   Attributes:
     method: 'ce' (cross-entropy), 'ls' (label smoothing, eps/(C-1) on
       non-targets), 'zipf' (Zipf's LS: CE + lam * KL to the Zipf targets) or
       'ls_zipf' (CE against (1 - eps) onehot + eps * Zipf targets).
     ls_eps: smoothing mass for 'ls' and 'ls_zipf'.
-    lam: weight of the Zipf KL term ('zipf').
-    power: Zipf exponent.
-    distribution: target distribution over ranks (`zipfls_jax.DISTRIBUTIONS`).
+    lam: weight of the Zipf KL term ('zipf'); `zipfls_jax.DEFAULT_LAM`.
+    target: the target distribution, a `zipfls_jax.TargetDistribution`. In
+      a config its fields are flat keys: `loss.distribution` (its name),
+      `loss.power`, `loss.smallest_prob`, `loss.decay`, `loss.lower_bound`,
+      `loss.upper_bound`.
     rank_by: 'votes' (dense votes from the model, the paper's default) or
-      'logits' (rank the logits themselves).
+      'logits' (rank the logits themselves, the ablation).
     correct_only: average the KL term over correctly classified examples
-      only (count summed over the global batch).
+      only (`zipfls_jax.topk_correct`; count summed over the global batch).
     exit_weight: alpha, the weight of each intermediate exit's CE.
-    smallest_prob, decay, lower_bound, upper_bound: distribution parameters
-      (see `zipfls_jax.zipf_targets`).
   """
   method: str = "ce"
   ls_eps: float = 0.1
-  lam: float = 1.0
-  power: float = 1.0
-  distribution: str = "zipf"
+  lam: float = zipfls_jax.DEFAULT_LAM
+  target: zipfls_jax.TargetDistribution = zipfls_jax.TargetDistribution()
   rank_by: str = "votes"
   correct_only: bool = False
   exit_weight: float = 0.0
-  smallest_prob: float = 0.0
-  decay: float = 1.0
-  lower_bound: float = 1.0
-  upper_bound: Optional[float] = None
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"loss.method must be one of {METHODS}, got {self.method!r}.")
-    if self.rank_by not in RANK_BY:
-      raise ValueError(f"loss.rank_by must be one of {RANK_BY}, got {self.rank_by!r}.")
-    if self.distribution not in zipfls_jax.DISTRIBUTIONS:
-      raise ValueError(f"loss.distribution must be one of {zipfls_jax.DISTRIBUTIONS}, "
-                       f"got {self.distribution!r}.")
-    if not 0.0 <= self.ls_eps <= 1.0:
-      raise ValueError(f"loss.ls_eps must lie in [0, 1], got {self.ls_eps}.")
-    if self.lam < 0:
-      raise ValueError(f"loss.lam must be >= 0, got {self.lam}.")
-    if self.exit_weight < 0:
-      raise ValueError(f"loss.exit_weight must be >= 0, got {self.exit_weight}.")
+      raise ValueError(f"config.loss.method must be one of {METHODS}, got {self.method!r}.")
+    if self.rank_by not in zipfls_jax.RANK_BY:
+      raise ValueError(f"config.loss.rank_by must be one of {zipfls_jax.RANK_BY}, "
+                       f"got {self.rank_by!r}.")
+    if not isinstance(self.target, zipfls_jax.TargetDistribution):
+      raise TypeError("Objective.target must be a zipfls_jax.TargetDistribution, got "
+                      f"{type(self.target).__name__}.")
+    if not 0.0 <= self.ls_eps <= 1.0:   # NaN fails these comparisons too
+      raise ValueError(f"config.loss.ls_eps must lie in [0, 1], got {self.ls_eps}.")
+    if not self.lam >= 0:
+      raise ValueError(f"config.loss.lam must be >= 0, got {self.lam}.")
+    if not self.exit_weight >= 0:
+      raise ValueError(f"config.loss.exit_weight must be >= 0, got {self.exit_weight}.")
 
   @property
   def uses_zipf_targets(self) -> bool:
@@ -88,24 +89,34 @@ class Objective:
 
   @property
   def needs_key(self) -> bool:
-    return self.uses_zipf_targets and self.distribution in targets_lib.RANDOM_DISTRIBUTIONS
-
-  @property
-  def distribution_options(self) -> Dict[str, Any]:
-    return dict(power=self.power, distribution=self.distribution,
-                smallest_prob=self.smallest_prob, decay=self.decay,
-                lower_bound=self.lower_bound, upper_bound=self.upper_bound)
+    return self.uses_zipf_targets and self.target.is_random
 
   @classmethod
   def from_config(cls, loss_config: Mapping[str, Any]) -> "Objective":
-    """Builds from a config's `loss` block, naming any unknown key."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+    """Builds from a config's `loss` block, naming any unknown key or bad value."""
     values = dict(loss_config)
-    unknown = sorted(set(values) - fields)
+    known = set(cls().to_config())
+    unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"Unknown key(s) in config.loss: {unknown}; expected a subset of "
-                       f"{sorted(fields)}.")
-    return cls(**values)
+                       f"{sorted(known)}.")
+    target_values = {key: values.pop(key) for key in TARGET_KEYS if key in values}
+    if "distribution" in target_values:
+      target_values["name"] = target_values.pop("distribution")
+    try:
+      target = zipfls_jax.TargetDistribution(**target_values)
+    except (TypeError, ValueError) as e:
+      # TargetDistribution names its field, which is the config key too.
+      raise type(e)(f"config.loss: {e}") from e
+    return cls(target=target, **values)
+
+  def to_config(self) -> Dict[str, Any]:
+    """The flat `loss` block of a config that `from_config` turns back into this."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name != "target"}
+    target = dataclasses.asdict(self.target)
+    values["distribution"] = target.pop("name")
+    return {**values, **target}
 
 
 def global_mean(values: jax.Array, axis_name=None) -> jax.Array:
@@ -150,7 +161,8 @@ def compute_loss(objective: Objective,
 
   if objective.method == "zipf":
     terms = zipfls_jax.zipf_label_smoothing_terms(
-        logits, labels, votes=votes, key=key, **objective.distribution_options)
+        logits, labels, votes=votes, rank_by=objective.rank_by, distribution=objective.target,
+        key=key)
     ce = global_mean(terms.ce, axis_name)
     if objective.correct_only:
       zipf_part = zipfls_jax.masked_batch_mean(terms.kl, terms.correct, axis_name=axis_name)
@@ -158,11 +170,11 @@ def compute_loss(objective: Objective,
       zipf_part = global_mean(terms.kl, axis_name)
     main = ce + objective.lam * zipf_part
   elif objective.method == "ls_zipf":
-    if votes is None:
+    if objective.rank_by == "logits":
       scores = logits
     else:
       scores = zipfls_jax.vote_counts(votes, logits.shape[-1])
-    q = zipfls_jax.zipf_targets(scores, labels, key=key, **objective.distribution_options)
+    q = zipfls_jax.zipf_targets(scores, labels, distribution=objective.target, key=key)
     main = global_mean(
         zipfls_jax.label_smooth_zipf_loss(logits, labels, q, eps=objective.ls_eps), axis_name)
     ce = global_mean(ce_fn(logits.astype(jnp.float32), labels), axis_name)

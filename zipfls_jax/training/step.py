@@ -18,21 +18,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zipfls_jax import topk_correct  # the package's one rule for "correct"; re-exported
 from zipfls_jax.training import objective as objective_lib
 from zipfls_jax.training.state import TrainState
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
-
-
-def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """(N,) bool: whether the label is among the k largest logits.
-
-  A label counts as in the top k when fewer than k classes score strictly
-  higher, so ties never penalise the label.
-  """
-  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  return jnp.sum(logits > label_logit, axis=-1) < k
 
 
 def make_train_step(model: nn.Module,
