@@ -37,7 +37,7 @@ from jax.scipy.special import xlogy
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from zipfls_jax import validation
-from zipfls_jax.ranks import topk_correct
+from zipfls_jax.ranks import topk_correct  # the package's one rule for "correct"
 
 
 # --- argument checks (trace time) ---------------------------------------------
@@ -756,7 +756,7 @@ def ols_update(state: OLSState,
   _check_ols_state(state, num_classes)
   validation.check_where(where, jnp.shape(labels))
   z = jax.lax.stop_gradient(_keep_rows(_float(logits), where))
-  counted = topk_correct(z, labels) & (labels >= 0) & (labels < num_classes)
+  counted = topk_correct(z, labels)   # False for an out-of-range label
   if where is not None:
     counted &= where
   probs = jnp.where(counted[:, None], jax.nn.softmax(z, axis=-1), 0.0)

@@ -3,7 +3,8 @@
 `Objective` is the validated, hashable description of a loss (built from a
 config's `loss` block); `compute_loss` evaluates it on a model's output with
 the functions of `zipfls_jax`, returning the scalar to differentiate and its
-parts for logging. The total loss (docs/method.md section 2):
+parts for logging. It is where the training loop's total loss is put
+together (docs/method.md section 2):
 
     mean(CE(z, y)) + lam * mean(KL)            (or masked to correct examples)
       + alpha * sum_exits mean(CE(z_exit, y))
