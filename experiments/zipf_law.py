@@ -99,20 +99,22 @@ def evaluate_checkpoint(workdir: str, *, data_dir: Optional[str] = None):
   mesh = parallel.make_data_mesh()
   init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
                            image_shape=setup.image_shape)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  abstract = checkpoint_lib.abstract_state(init, jax.random.key(config.seed),
+                                           parallel.replicated(mesh))
   checkpoints = checkpoint_lib.Checkpoints(
-      os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps,
-      max_to_keep=config.max_checkpoints_to_keep)
+      os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR),
+      every_steps=config.checkpoint_every_steps, max_to_keep=config.max_checkpoints_to_keep)
   try:
-    if checkpoints.latest_step() is None:
-      raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate.")
-    state, _ = checkpoints.restore(state)
+    restored = checkpoints.restore(abstract)
   finally:
     checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate.")
+  step, state, _ = restored
   eval_step = parallel.compile_eval_step(setup.model, mesh)
   batches = data.create_eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
                                       data_dir=data_dir, image_size=setup.image_shape[0])
-  return int(jax.device_get(state.step)), loop.evaluate(eval_step, state, batches, mesh)
+  return step, loop.evaluate(eval_step, state, batches, mesh)
 
 
 def _clip_ranks(ranks, length):
