@@ -18,9 +18,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 2)
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.config.update("jax_disable_most_optimizations", True)
+if __name__ == "__main__":
+  # Only as a process of its own: the test imports this module for
+  # `config_for` after its JAX has started.
+  jax.config.update("jax_num_cpu_devices", 2)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_disable_most_optimizations", True)
 
 import zipfls_jax.data as data  # noqa: E402
 from tests.training.test_loop import tiny_config  # noqa: E402

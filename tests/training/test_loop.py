@@ -148,15 +148,16 @@ def _assert_same_run(workdir, straight_run):
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch, straight_run):
   config = resume_config()
   workdir = tmp_path / "resumed"
-  # Preempt the run while it fetches its 3rd batch: it must finish that
-  # step, save and stop, without logging that step on its own: its metrics
-  # go into the checkpoint, and the resumed run's record of step 4
+  # Preempt the run as it starts step 3, when the loop reads the 4th batch
+  # (one batch is placed on the devices ahead of its step): it must finish
+  # that step, save and stop, without logging that step on its own: its
+  # metrics go into the checkpoint, and the resumed run's record of step 4
   # averages steps 3 and 4, as the uninterrupted run's does.
   create = data.create_train_iterator
 
   def preempted_iterator(*args, **kwargs):
     for count, batch in enumerate(create(*args, **kwargs), start=1):
-      if count == 3:
+      if count == 4:
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 

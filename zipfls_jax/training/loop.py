@@ -300,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           f"{setup.num_classes} classes)." if kept else ".")
       logging.info(message)
       if config.console:
-        print(message, flush=True)
+        metrics_lib.console(message)
   else:
     start_step, state, progress = restored
     _check_topology(progress, config.allow_topology_change)
