@@ -66,7 +66,8 @@ class CifarResNet(nn.Module):
     exit_stages: 0-based stages whose output feeds an exit (the authors':
       2nd and 3rd).
     vote_exits: with `exits`, the exits vote too (after the final head's votes).
-    vote_upsample: None or the bilinear factor for voting (docs/method.md 1.1).
+    vote_upsample: None or the bilinear factor for voting (docs/method.md
+      section 1.1).
     dtype: computation dtype; parameters stay float32, logits are float32.
     bn_axis_name: axis to average BN batch statistics over (shard_map / pmap).
     zero_init_residual: start every residual branch at zero (a zero kernel
