@@ -36,7 +36,7 @@ print(f"# {device.device_kind} x{jax.device_count()} ({device.platform}), jax {j
 
 def make_state_and_step(model, objective, image_shape, steps_per_epoch, num_epochs):
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.1, schedule="step", steps_per_epoch=steps_per_epoch,
+      learning_rate=0.1, lr_schedule="step", steps_per_epoch=steps_per_epoch,
       num_epochs=num_epochs)
   tx = training.create_optimizer(schedule)
   init = jax.jit(functools.partial(training.create_train_state, model=model, tx=tx,

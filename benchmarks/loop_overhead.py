@@ -62,7 +62,7 @@ def synthetic_fashion_mnist(root: str) -> str:
                rng.integers(0, 256, size=(n, 28, 28)), 2051)
     _write_idx(os.path.join(idx_dir, f"{stem}-labels-idx1-ubyte.gz"), np.arange(n) % 10, 2049)
   data_dir = os.path.join(root, "tfds")
-  data.prepare_fashion_mnist(data_dir, allow_apt=False, idx_dir=idx_dir)
+  data.prepare_fashion_mnist(data_dir, idx_dir=idx_dir)
   return data_dir
 
 
@@ -118,7 +118,7 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir
     try:
-      data.prepare_fashion_mnist(data_dir or None, allow_apt=False)
+      data.prepare_fashion_mnist(data_dir or None)
     except FileNotFoundError:
       data_dir = synthetic_fashion_mnist(tmp)
     config = make_config(data_dir, args.steps, args.log_every)

@@ -72,7 +72,7 @@ def _jax_worker(shape: str, seed: int):
   mesh = training.make_data_mesh()
   model = get_model(name, num_classes=classes, vote_upsample=upsample)
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.1, schedule="step", steps_per_epoch=100, num_epochs=200)
+      learning_rate=0.1, lr_schedule="step", steps_per_epoch=100, num_epochs=200)
   tx = training.create_optimizer(schedule)
   init = jax.jit(functools.partial(training.create_train_state, model=model, tx=tx,
                                    image_shape=(size, size, channels)),

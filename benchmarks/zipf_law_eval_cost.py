@@ -40,7 +40,7 @@ from zipfls_jax.training import zipf_curves
 def build(model_name, num_classes, size, batch, mesh):
   model = get_model(model_name, num_classes=num_classes)
   schedule = training.create_learning_rate_schedule(
-      base_learning_rate=0.1, schedule="step", steps_per_epoch=100, num_epochs=1)
+      learning_rate=0.1, lr_schedule="step", steps_per_epoch=100, num_epochs=1)
   init = jax.jit(functools.partial(training.create_train_state, model=model,
                                    tx=training.create_optimizer(schedule),
                                    image_shape=(size, size, 3)),

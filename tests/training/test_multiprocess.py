@@ -104,7 +104,7 @@ def _restore(workdir, step, config, mesh):
 def small_fashion(tmp_path_factory):
   root = tmp_path_factory.mktemp("fashion_mp")
   data_dir = root / "tfds"
-  data.prepare_fashion_mnist(str(data_dir), allow_apt=False,
+  data.prepare_fashion_mnist(str(data_dir),
                              idx_dir=str(write_fashion_idx(root / "idx", num_train=64,
                                                            num_test=NUM_TEST)))
   return str(data_dir)
