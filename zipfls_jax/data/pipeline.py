@@ -28,22 +28,17 @@ import tensorflow_datasets as tfds
 from zipfls_jax.data import preprocessing
 from zipfls_jax.data import sources
 from zipfls_jax.data import specs
+from zipfls_jax.data.samplers import check_int
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 def _check_positive_int(name: str, value) -> int:
-  return _check_int(name, value, 1)
+  return check_int(name, value, 1)
 
 
 def _check_non_negative_int(name: str, value) -> int:
-  return _check_int(name, value, 0)
+  return check_int(name, value, 0)
 
 
 def _local_batch_size(global_batch_size, process_count: int) -> int:

@@ -47,11 +47,15 @@ from typing import Iterator, Optional
 import numpy as np
 
 
-def _check_int(name: str, value, minimum: int) -> int:
+def check_int(name: str, value, minimum: int) -> int:
+  """`value` as an int >= `minimum`, else a TypeError/ValueError naming `name`.
+
+  The data package's one integer-argument check (the pipelines use it too).
+  """
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
   if value < minimum:
-    raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
   return int(value)
 
 
@@ -63,9 +67,9 @@ def process_part(num_examples: int, process_index: int, process_count: int) -> t
   parts hold one example more, e.g. 11 examples over 3 processes give 4, 4
   and 3.
   """
-  num_examples = _check_int("num_examples", num_examples, 0)
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
+  num_examples = check_int("num_examples", num_examples, 0)
+  process_count = check_int("process_count", process_count, 1)
+  process_index = check_int("process_index", process_index, 0)
   if process_index >= process_count:
     raise ValueError(f"`process_index` must lie in [0, {process_count}), got {process_index}.")
   base, extra = divmod(num_examples, process_count)
@@ -105,16 +109,16 @@ class ClassPairedSampler:
                       f"shape {labels.shape}.")
     if labels.size and labels.min() < 0:
       raise ValueError(f"`labels` must be >= 0, got {labels.min()}.")
-    self.friends = _check_int("friends", friends, 1)
+    self.friends = check_int("friends", friends, 1)
     self.group_size = self.friends + 1
-    self.seed = _check_int("seed", seed, 0)
+    self.seed = check_int("seed", seed, 0)
     if process_count is None or process_index is None:
       import jax  # pylint: disable=g-import-not-at-top
       process_count = jax.process_count() if process_count is None else process_count
       process_index = jax.process_index() if process_index is None else process_index
-    self.process_count = _check_int("process_count", process_count, 1)
-    self.process_index = _check_int("process_index", process_index, 0)
-    global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
+    self.process_count = check_int("process_count", process_count, 1)
+    self.process_index = check_int("process_index", process_index, 0)
+    global_batch_size = check_int("global_batch_size", global_batch_size, 1)
     if global_batch_size % self.process_count:
       raise ValueError(f"`global_batch_size` {global_batch_size} must be divisible by the "
                        f"process count {self.process_count}.")
@@ -144,7 +148,7 @@ class ClassPairedSampler:
 
     A permutation of [start, stop): each example exactly once.
     """
-    epoch = _check_int("epoch", epoch, 0)
+    epoch = check_int("epoch", epoch, 0)
     if epoch not in self._cache:
       if len(self._cache) >= 2:
         self._cache.pop(min(self._cache))
@@ -204,7 +208,7 @@ class ClassPairedSampler:
 
   def batch_indices(self, step: int) -> np.ndarray:
     """The (local_batch_size,) split indices of this process's batch `step` >= 0."""
-    step = _check_int("step", step, 0)
+    step = check_int("step", step, 0)
     n, b = self.num_examples, self.local_batch_size
     begin = step * b
     pieces = []
@@ -218,7 +222,7 @@ class ClassPairedSampler:
 
   def batches(self, start_step: int = 0) -> Iterator[np.ndarray]:
     """Batches `start_step`, `start_step + 1`, ... of this process, forever."""
-    step = _check_int("start_step", start_step, 0)
+    step = check_int("start_step", start_step, 0)
     while True:
       yield self.batch_indices(step)
       step += 1
