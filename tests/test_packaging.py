@@ -28,7 +28,10 @@ def test_wheel_builds_installs_and_imports(tmp_path):
   assert "zipfls_jax/models/densenet.py" in names
   assert not [n for n in names if n.startswith(("tests/", "experiments/", "benchmarks/"))]
   dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
-  license_text = zipfile.ZipFile(wheel).read(f"{dist_info}/licenses/LICENSE").decode()
+  # setuptools >= 77 writes licenses/LICENSE (PEP 639); older ones write LICENSE.
+  (license_name,) = [n for n in names
+                     if n in (f"{dist_info}/licenses/LICENSE", f"{dist_info}/LICENSE")]
+  license_text = zipfile.ZipFile(wheel).read(license_name).decode()
   assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
   metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
   assert re.search(r"^License(-Expression)?: Apache-2\.0$", metadata, flags=re.M)
