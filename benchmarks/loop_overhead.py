@@ -43,7 +43,6 @@ from zipfls_jax import data  # noqa: E402
 from zipfls_jax.training import loop  # noqa: E402
 from zipfls_jax.training import metrics as metrics_lib  # noqa: E402
 from zipfls_jax.training import parallel  # noqa: E402
-from zipfls_jax.training.state import create_train_state  # noqa: E402
 
 
 def _write_idx(path, array: np.ndarray, magic: int) -> None:
@@ -89,10 +88,8 @@ def bare_images_per_sec(config, steps: int) -> float:
   """The same compiled step, `steps` times on device-resident batches."""
   setup = loop.build_setup(config, num_train_examples=60_000)
   mesh = parallel.make_data_mesh()
-  state = jax.jit(lambda key: create_train_state(key, model=setup.model, tx=setup.tx,
-                                                 image_shape=setup.image_shape),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
-  step = parallel.compile_train_step(setup.model, setup.tx, setup.objective, mesh,
+  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  step = parallel.compile_train_step(setup.model, setup.tx, setup.method, mesh,
                                      learning_rate_fn=setup.learning_rate_fn,
                                      batch_norm=config.batch_norm)
   host = data.create_train_iterator(config.dataset, global_batch_size=config.batch_size,

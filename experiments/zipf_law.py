@@ -28,7 +28,6 @@ be prepared as for training (`--data_dir` overrides the run's).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Dict, Optional, Tuple
@@ -81,7 +80,6 @@ def evaluate_checkpoint(workdir: str, *, data_dir: Optional[str] = None):
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
   from zipfls_jax.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from zipfls_jax.training import loop, parallel  # pylint: disable=g-import-not-at-top
-  from zipfls_jax.training.state import create_train_state  # pylint: disable=g-import-not-at-top
 
   config_path = epath.Path(workdir) / checkpoint_lib.CONFIG_FILE
   if not config_path.exists():
@@ -97,9 +95,7 @@ def evaluate_checkpoint(workdir: str, *, data_dir: Optional[str] = None):
   setup = loop.build_setup(
       config, num_train_examples=data.num_examples(config.dataset, "train", data_dir=data_dir))
   mesh = parallel.make_data_mesh()
-  init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
-                           image_shape=setup.image_shape)
-  abstract = checkpoint_lib.abstract_state(init, jax.random.key(config.seed),
+  abstract = checkpoint_lib.abstract_state(setup.init_state, jax.random.key(config.seed),
                                            parallel.replicated(mesh))
   checkpoints = checkpoint_lib.Checkpoints(
       os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR),
@@ -111,7 +107,7 @@ def evaluate_checkpoint(workdir: str, *, data_dir: Optional[str] = None):
   if restored is None:
     raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate.")
   step, state, _ = restored
-  eval_step = parallel.compile_eval_step(setup.model, mesh)
+  eval_step = parallel.compile_eval_step(setup.eval_model, mesh)
   batches = data.create_eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
                                       data_dir=data_dir, image_size=setup.image_shape[0])
   return step, loop.evaluate(eval_step, state, batches, mesh)

@@ -32,6 +32,7 @@ class ModelOutput:
   features: jax.Array
   votes: Optional[jax.Array] = None
   exit_logits: Tuple[jax.Array, ...] = ()
+  exit_features: Tuple[jax.Array, ...] = ()
 
 
 def join_exits(final: ModelOutput,

@@ -1,4 +1,4 @@
-"""Training: state, objective, pure steps, data parallelism, checkpoints, metrics.
+"""Training: state, methods (objectives), pure steps, data parallelism, checkpoints, metrics.
 
 Importing this package pulls jax, flax, optax and orbax but never TensorFlow
 (the metric writer imports it only when TensorBoard output is asked for).
@@ -13,7 +13,9 @@ extras.require("zipfls_jax.training",
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from zipfls_jax.training.checkpoint import Checkpoints, check_workdir_config
 from zipfls_jax.training.metrics import MetricWriter, Progress, check_finite, read_metrics
-from zipfls_jax.training.objective import METHODS, Objective, compute_loss, global_mean
+from zipfls_jax.training import methods
+from zipfls_jax.training.methods import (METHOD_NAMES, METHODS, Method, Objective, compute_loss,
+                                         global_mean)
 from zipfls_jax.training.optim import SCHEDULES, create_learning_rate_schedule, create_optimizer
 from zipfls_jax.training.parallel import (
     BATCH_NORM_MODES,
@@ -35,6 +37,8 @@ __all__ = [
     "Checkpoints",
     "DATA_AXIS",
     "METHODS",
+    "METHOD_NAMES",
+    "Method",
     "MetricWriter",
     "Objective",
     "Progress",
@@ -54,6 +58,7 @@ __all__ = [
     "make_data_mesh",
     "make_eval_step",
     "make_train_step",
+    "methods",
     "pmap_train_step",
     "prefetch_to_mesh",
     "read_metrics",

@@ -3,7 +3,7 @@
 `base_config()` is the schema: the paper's CIFAR-100 CIFAR-ResNet18 CE run
 (docs/method.md section 6). Experiment configs start from it and change only
 what differs; `validate_config` refuses keys it does not know and the values
-out of range that no builder checks, naming them (the objective's and the
+out of range that no builder checks, naming them (the method's and the
 optimizer's values are checked by what they build). This module must not
 build models or read data.
 """
@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 import ml_collections
 
-from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training import methods as methods_lib
 
 DTYPES = ("float32", "bfloat16")
 # Keys that may change between the runs of one workdir (and between the
@@ -36,7 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 0             # 0 = the dataset's own size.
   # Model (zipfls_jax.models.get_model).
   c.model = "cifar_resnet18"
-  c.exits = False              # intermediate exit heads (CIFAR models).
+  c.exits = False              # intermediate exit heads.
+  # Their kind: 'linear' (the Zipf authors' heads on stages 2 and 3 of the CIFAR
+  # models) or 'bottleneck' (BYOT's, after stages 1-3 of the ResNets).
+  c.exit_type = "linear"
   c.vote_exits = False         # with exits, the exits vote too.
   c.vote_upsample = 2          # bilinear resize before voting; 0 = none.
   c.zero_init_residual = False
@@ -51,14 +54,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_options = ml_collections.ConfigDict()
   c.dtype = "float32"          # compute dtype: 'float32' or 'bfloat16'.
   c.batch_norm = "sync"        # 'sync' (global batch) or 'per_device'.
-  # Objective: method ('ce', 'ls', 'zipf', 'ls_zipf'), ls_eps, lam, rank_by
-  # ('votes', 'logits'), correct_only, exit_weight and the target distribution
-  # (distribution, power, smallest_prob, decay, lower_bound, upper_bound).
-  # Documented, defaulted and checked once, by zipfls_jax.training.Objective
-  # and zipfls_jax.TargetDistribution; upper_bound None is a float placeholder.
+  # The training method, config.loss.method: 'ce', 'ls', 'zipf', 'ls_zipf' (their
+  # keys are flat: ls_eps, lam, rank_by ('votes', 'logits'), correct_only,
+  # exit_weight and the target distribution: distribution, power, smallest_prob,
+  # decay, lower_bound, upper_bound), or a self-distillation baseline 'tf_kd',
+  # 'cs_kd', 'bake', 'ddgsd', 'byot' (keys in its block, e.g. loss.cs_kd.temperature).
+  # Documented, defaulted and checked once, by zipfls_jax.training.methods (and
+  # zipfls_jax.TargetDistribution); upper_bound None is a float placeholder.
   c.loss = ml_collections.ConfigDict({
       key: ml_collections.config_dict.placeholder(float) if value is None else value
-      for key, value in objective_lib.Objective().to_config().items()})
+      for key, value in methods_lib.default_loss_config().items()})
   # Optimisation: SGD, momentum 0.9, no Nesterov, weight decay on all params.
   c.batch_size = 128           # global, over all devices and hosts.
   c.num_epochs = 200.0
@@ -99,8 +104,8 @@ def validate_config(config: ml_collections.ConfigDict,
                     reference: Optional[ml_collections.ConfigDict] = None) -> None:
   """Checks a config's keys against `base_config()` and the values no builder owns.
 
-  The values that configure the objective, the schedule and the optimizer
-  are checked once, by what they build (`Objective`, `optim`), when
+  The values that configure the method, the schedule and the optimizer
+  are checked once, by what they build (`methods.from_config`, `optim`), when
   `loop.build_setup` builds it; their messages name the config key too.
 
   Raises:

@@ -29,7 +29,7 @@ from absl import logging
 from zipfls_jax.training import checkpoint as checkpoint_lib
 from zipfls_jax.training import config as config_lib
 from zipfls_jax.training import metrics as metrics_lib
-from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training import methods as methods_lib
 from zipfls_jax.training import optim
 from zipfls_jax.training import parallel
 from zipfls_jax.training import zipf_curves
@@ -42,31 +42,43 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class RunSetup:
   """The pieces of a run derived from its config (no data read, no state)."""
   model: Any
+  eval_model: Any
   tx: Any
   learning_rate_fn: Any
-  objective: objective_lib.Objective
+  method: methods_lib.Method
   num_classes: int
   image_shape: tuple
   steps_per_epoch: int
   total_steps: int
   eval_every_steps: int
 
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """A fresh train state of this run (jittable, `eval_shape`-able)."""
+    return create_train_state(rng, self.model, self.tx, image_shape=self.image_shape,
+                              method_state=self.method.init_state(self.num_classes))
+
 
 def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -> RunSetup:
-  """Model, optimizer, schedule and objective of a config (cheap: no arrays).
+  """Model, optimizer, schedule and method of a config (cheap: no arrays).
 
   Building them checks the config values they own (`validate_config` checks
-  the keys and the rest); each error names the config key.
+  the keys and the rest), and that the method can train this model with
+  this batch; each error names the config key. The eval model is the same
+  network without its exits, which are trained and then dropped.
   """
   from zipfls_jax import data, models  # pylint: disable=g-import-not-at-top
   spec = data.get_dataset_spec(config.dataset)
   image_size = config.image_size or spec.image_size
-  objective = objective_lib.Objective.from_config(config.loss)
-  model = models.get_model(
-      config.model, num_classes=spec.num_classes, exits=config.exits,
-      dtype=_DTYPES[config.dtype], bn_axis_name=None,
-      vote_upsample=config.vote_upsample or None, vote_exits=config.vote_exits,
+  method = methods_lib.from_config(config.loss)
+  method.check_run(batch_size=config.batch_size, device_count=jax.device_count(),
+                   exits=config.exits, exit_type=config.exit_type)
+  model_args = dict(
+      num_classes=spec.num_classes, dtype=_DTYPES[config.dtype], bn_axis_name=None,
+      vote_upsample=config.vote_upsample or None,
       zero_init_residual=config.zero_init_residual, **config.model_options.to_dict())
+  exit_args = dict(exits=True, exit_type=config.exit_type) if config.exits else {}
+  model = models.get_model(config.model, vote_exits=config.vote_exits, **model_args, **exit_args)
+  eval_model = models.get_model(config.model, **model_args) if config.exits else model
   steps_per_epoch = config.steps_per_epoch
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train_examples // config.batch_size
@@ -86,7 +98,8 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
   tx = optim.create_optimizer(learning_rate_fn, momentum=config.momentum,
                               nesterov=config.nesterov, weight_decay=config.weight_decay)
   eval_every_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
-  return RunSetup(model=model, tx=tx, learning_rate_fn=learning_rate_fn, objective=objective,
+  return RunSetup(model=model, eval_model=eval_model, tx=tx, learning_rate_fn=learning_rate_fn,
+                  method=method,
                   num_classes=spec.num_classes,
                   image_shape=(image_size, image_size, spec.channels),
                   steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -223,13 +236,20 @@ def _pending_from_json(pending) -> list:
   return [{k: np.float32(v) for k, v in m.items()} for m in pending]
 
 
-def _abstract_batch(mesh, batch_size: int, image_shape, *, mask: bool) -> Dict[str, Any]:
+def _abstract_batch(mesh, batch_size: int, image_shape, *, mask: bool,
+                    needs: methods_lib.DataNeeds = methods_lib.DataNeeds()) -> Dict[str, Any]:
   sharding = parallel.batch_sharded(mesh)
-  batch = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32,
-                                         sharding=sharding),
-           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+
+  def array(shape, dtype):
+    return jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+
+  batch = {"image": array(image_shape, jnp.float32), "label": array((), jnp.int32)}
+  if needs.views == 2:
+    batch["image2"] = array(image_shape, jnp.float32)
+  if needs.friends or needs.index:
+    batch["index"] = array((), jnp.int32)
   if mask:
-    batch["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharding)
+    batch["mask"] = array((), jnp.bool_)
   return batch
 
 
@@ -265,18 +285,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   setup = build_setup(config, num_train_examples=num_train)
   mesh = parallel.make_data_mesh()
   repl = parallel.replicated(mesh)
-  init = functools.partial(create_train_state, model=setup.model, tx=setup.tx,
-                           image_shape=setup.image_shape)
+  init = setup.init_state
   rng = jax.random.key(config.seed)
   abstract = checkpoint_lib.abstract_state(init, rng, repl)
   train_step = parallel.compile_train_step(
-      setup.model, setup.tx, setup.objective, mesh, learning_rate_fn=setup.learning_rate_fn,
-      batch_norm=config.batch_norm)
-  eval_step = parallel.compile_eval_step(setup.model, mesh)
+      setup.model, setup.tx, setup.method, mesh, learning_rate_fn=setup.learning_rate_fn,
+      steps_per_epoch=setup.steps_per_epoch, batch_norm=config.batch_norm)
+  eval_step = parallel.compile_eval_step(setup.eval_model, mesh)
+  needs = setup.method.data_needs
   # Tracing both steps raises every trace-time check (model, loss and
   # target arguments) now; the traces are cached for the real calls.
   jax.eval_shape(train_step, abstract,
-                 _abstract_batch(mesh, config.batch_size, setup.image_shape, mask=False))
+                 _abstract_batch(mesh, config.batch_size, setup.image_shape, mask=False,
+                                 needs=needs))
   jax.eval_shape(eval_step, abstract,
                  _abstract_batch(mesh, config.eval_batch_size, setup.image_shape, mask=True))
   checkpoint_lib.check_workdir(workdir)
@@ -327,7 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # step gives the batches an uninterrupted run would have seen.
   train_batches = parallel.prefetch_to_mesh(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      data_dir=data_dir, image_size=image_size, start_step=start_step), mesh)
+      data_dir=data_dir, image_size=image_size, start_step=start_step,
+      friends=needs.friends, views=needs.views), mesh)
   eval_batches = data.create_eval_iterator(  # built once, one exact pass per `for`
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=data_dir,
       image_size=image_size)

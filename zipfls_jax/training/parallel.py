@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training import methods as methods_lib
 from zipfls_jax.training import step as step_lib
 
 DATA_AXIS = "data"
@@ -91,17 +91,18 @@ def _check_bn_axis(model: nn.Module, expected, where: str) -> None:
 
 def compile_train_step(model: nn.Module,
                        tx: optax.GradientTransformation,
-                       objective: objective_lib.Objective,
+                       method: methods_lib.Method,
                        mesh: Mesh,
                        *,
                        learning_rate_fn: Optional[optax.Schedule] = None,
+                       steps_per_epoch: Optional[int] = None,
                        batch_norm: str = "sync") -> Callable:
   """The jitted, state-donating train step over `mesh`.
 
   Args:
     model: built with `bn_axis_name=None` (the mesh program decides how
       statistics are shared).
-    tx, objective, learning_rate_fn: as in `step.make_train_step`.
+    tx, method, learning_rate_fn, steps_per_epoch: as in `step.make_train_step`.
     mesh: from `make_data_mesh`.
     batch_norm: 'sync' (global-batch statistics, jit) or 'per_device'
       (each device's own shard, shard_map).
@@ -115,10 +116,11 @@ def compile_train_step(model: nn.Module,
   _check_bn_axis(model, None, "compile_train_step")
   repl, data = replicated(mesh), batch_sharded(mesh)
   if batch_norm == "sync":
-    fn = step_lib.make_train_step(model, tx, objective, learning_rate_fn=learning_rate_fn)
+    fn = step_lib.make_train_step(model, tx, method, learning_rate_fn=learning_rate_fn,
+                                  steps_per_epoch=steps_per_epoch)
     return jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-  fn = step_lib.make_train_step(model, tx, objective, learning_rate_fn=learning_rate_fn,
-                                axis_name=DATA_AXIS)
+  fn = step_lib.make_train_step(model, tx, method, learning_rate_fn=learning_rate_fn,
+                                steps_per_epoch=steps_per_epoch, axis_name=DATA_AXIS)
   fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
   return jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
@@ -132,9 +134,10 @@ def compile_eval_step(model: nn.Module, mesh: Mesh) -> Callable:
 
 def pmap_train_step(model: nn.Module,
                     tx: optax.GradientTransformation,
-                    objective: objective_lib.Objective,
+                    method: methods_lib.Method,
                     *,
                     learning_rate_fn: Optional[optax.Schedule] = None,
+                    steps_per_epoch: Optional[int] = None,
                     axis_name: str = "batch") -> Callable:
   """The same train step under `jax.pmap`, for code built around pmap.
 
@@ -143,6 +146,6 @@ def pmap_train_step(model: nn.Module,
   leading device axis (`flax.jax_utils.replicate`) and the batch reshaped to
   (devices, per-device batch, ...). The state is donated.
   """
-  fn = step_lib.make_train_step(model, tx, objective, learning_rate_fn=learning_rate_fn,
-                                axis_name=axis_name)
+  fn = step_lib.make_train_step(model, tx, method, learning_rate_fn=learning_rate_fn,
+                                steps_per_epoch=steps_per_epoch, axis_name=axis_name)
   return jax.pmap(fn, axis_name=axis_name, donate_argnums=0)

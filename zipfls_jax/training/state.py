@@ -28,19 +28,24 @@ class TrainState:
     rng: typed PRNG key; the step's key is `fold_in(rng, step)`, so random
       target distributions get fresh draws each step and a resumed run
       draws the same ones.
+    method_state: what the training method carries across steps
+      (`Method.init_state`; an empty dict for the methods that carry
+      nothing), checkpointed with the rest.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  method_state: Any = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(rng: jax.Array,
                        model: nn.Module,
                        tx: optax.GradientTransformation,
                        *,
-                       image_shape: Sequence[int]) -> TrainState:
+                       image_shape: Sequence[int],
+                       method_state: Any = None) -> TrainState:
   """Initialises a model and optimizer; jittable and `eval_shape`-able.
 
   Args:
@@ -49,6 +54,8 @@ def create_train_state(rng: jax.Array,
       variables hold 'params' and (possibly empty) 'batch_stats'.
     tx: the optimizer.
     image_shape: (H, W, C) of one input image.
+    method_state: the method's initial state (`Method.init_state`); None
+      for none.
 
   Returns:
     A fresh `TrainState` at step 0.
@@ -64,6 +71,7 @@ def create_train_state(rng: jax.Array,
       batch_stats=variables.get("batch_stats", {}),
       opt_state=tx.init(params),
       rng=state_rng,
+      method_state={} if method_state is None else method_state,
   )
 
 

@@ -20,7 +20,7 @@ import optax
 
 from zipfls_jax import topk_correct  # the package's one rule for "correct"; re-exported
 from zipfls_jax import zipf_law
-from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training import methods as methods_lib
 from zipfls_jax.training.state import TrainState
 
 Batch = Dict[str, jax.Array]
@@ -29,9 +29,10 @@ Metrics = Dict[str, jax.Array]
 
 def make_train_step(model: nn.Module,
                     tx: optax.GradientTransformation,
-                    objective: objective_lib.Objective,
+                    method: methods_lib.Method,
                     *,
                     learning_rate_fn: Optional[optax.Schedule] = None,
+                    steps_per_epoch: Optional[int] = None,
                     axis_name=None) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """Builds `train_step(state, batch) -> (state, metrics)`.
 
@@ -41,36 +42,41 @@ def make_train_step(model: nn.Module,
       `ModelOutput`. Its `bn_axis_name` decides BatchNorm synchronisation
       inside shard_map / pmap.
     tx: optimizer.
-    objective: the loss.
+    method: the training method (`zipfls_jax.training.methods`), e.g. an
+      `Objective` for CE / LS / Zipf's LS. Its `loss` runs the forward
+      passes; each updates the BatchNorm statistics in turn.
     learning_rate_fn: schedule, only to log the rate of this step.
+    steps_per_epoch: needed by methods with an epoch-boundary update
+      (`method.has_epoch_update`): it runs after every step that ends an
+      epoch, inside the compiled step.
     axis_name: None for a global (jit) program; the device axis name for a
       per-device (shard_map / pmap) program.
 
   Returns:
     The pure step. `batch` holds 'image' (N, H, W, C) float and 'label' (N,)
-    int; metrics are global scalars: loss, ce, zipf, exit_ce, top1, top5
-    (training batch, in %) and learning_rate.
+    int, and what the method's `data_needs` add ('image2', 'index');
+    metrics are global scalars: the method's parts (loss, ce, ...), top1,
+    top5 (training batch, in %) and learning_rate.
   """
+  if method.has_epoch_update and not steps_per_epoch:
+    raise ValueError(f"Method {method.name!r} updates its state at epoch boundaries: pass "
+                     f"steps_per_epoch (got {steps_per_epoch!r}).")
+
   def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
     # A fresh key per step, reproducible on resume; per device, distinct.
     key = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     loss_key, dropout_key = jax.random.split(key)
-    labels = batch["label"]
 
     def loss_fn(params):
-      output, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-          train=True, votes=objective.needs_votes, mutable=["batch_stats"],
-          rngs={"dropout": dropout_key})
-      loss, parts = objective_lib.compute_loss(
-          objective, output, labels, key=loss_key if objective.needs_key else None,
-          axis_name=axis_name)
-      return loss, (parts, updates.get("batch_stats", {}), output.logits)
+      forward = methods_lib.Forward(model, params, state.batch_stats, dropout_key)
+      result = method.loss(forward, batch, state.method_state,
+                           key=loss_key if method.needs_key else None, axis_name=axis_name)
+      return result.loss, (result, forward.batch_stats)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (parts, batch_stats, logits)), grads = grad_fn(state.params)
+    (_, (result, batch_stats)), grads = grad_fn(state.params)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       # Per-device statistics are averaged after the step so the state stays
@@ -78,18 +84,22 @@ def make_train_step(model: nn.Module,
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    method_state = jax.lax.stop_gradient(result.state)
+    if method.has_epoch_update:
+      ends_epoch = (state.step + 1) % steps_per_epoch == 0
+      method_state = jax.lax.cond(ends_epoch, method.end_epoch, lambda s: s, method_state)
 
-    metrics = dict(parts)
-    logits = jax.lax.stop_gradient(logits)
+    metrics = dict(result.parts)
+    logits, labels = jax.lax.stop_gradient(result.logits), result.labels
     # Percentages, like the evaluation's, so train and eval lines compare.
-    metrics["top1"] = 100.0 * objective_lib.global_mean(topk_correct(logits, labels, 1),
-                                                         axis_name)
-    metrics["top5"] = 100.0 * objective_lib.global_mean(topk_correct(logits, labels, 5),
-                                                         axis_name)
+    metrics["top1"] = 100.0 * methods_lib.global_mean(topk_correct(logits, labels, 1),
+                                                      axis_name)
+    metrics["top5"] = 100.0 * methods_lib.global_mean(topk_correct(logits, labels, 5),
+                                                      axis_name)
     if learning_rate_fn is not None:
       metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, method_state=method_state)
     return new_state, metrics
 
   return train_step

@@ -1,10 +1,11 @@
-"""The training objective of each run: CE, label smoothing or Zipf's LS.
+"""The label-smoothing family of methods: CE, label smoothing and Zipf's LS.
 
-`Objective` is the validated, hashable description of a loss (built from a
-config's `loss` block); `compute_loss` evaluates it on a model's output with
-the functions of `zipfls_jax`, returning the scalar to differentiate and its
-parts for logging. It is where the training loop's total loss is put
-together (docs/method.md section 2):
+`Objective` is the validated, hashable description of these four methods
+('ce', 'ls', 'zipf', 'ls_zipf'; built from the flat keys of a config's
+`loss` block), a `zipfls_jax.training.methods.Method` like the baselines;
+`compute_loss` evaluates it on a model's output with the functions of
+`zipfls_jax`, returning the scalar to differentiate and its parts for
+logging. Their total loss (docs/method.md section 2):
 
     mean(CE(z, y)) + lam * mean(KL)            (or masked to correct examples)
       + alpha * sum_exits mean(CE(z_exit, y))
@@ -26,8 +27,10 @@ import jax.numpy as jnp
 import optax
 
 import zipfls_jax
+from zipfls_jax.training.methods.base import (Method, MethodOutput, ModelNeeds,
+                                              global_mean, plain_dict)
 
-METHODS = ("ce", "ls", "zipf", "ls_zipf")
+FAMILY = ("ce", "ls", "zipf", "ls_zipf")
 # The config's loss keys that hold the target distribution: `distribution` is
 # its name, the others are TargetDistribution's fields of the same name.
 TARGET_KEYS = ("distribution",) + tuple(
@@ -35,8 +38,8 @@ TARGET_KEYS = ("distribution",) + tuple(
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
-  """What to minimise; each attribute is the config key `loss.<name>`.
+class Objective(Method):
+  """CE, LS or Zipf's LS; each attribute is the config key `loss.<name>`.
 
   Attributes:
     method: 'ce' (cross-entropy), 'ls' (label smoothing, eps/(C-1) on
@@ -63,8 +66,9 @@ class Objective:
   exit_weight: float = 0.0
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"config.loss.method must be one of {METHODS}, got {self.method!r}.")
+    if self.method not in FAMILY:
+      raise ValueError(f"config.loss.method must be one of {FAMILY} for an Objective, got "
+                       f"{self.method!r}.")
     if self.rank_by not in zipfls_jax.RANK_BY:
       raise ValueError(f"config.loss.rank_by must be one of {zipfls_jax.RANK_BY}, "
                        f"got {self.rank_by!r}.")
@@ -77,6 +81,22 @@ class Objective:
       raise ValueError(f"config.loss.lam must be >= 0, got {self.lam}.")
     if not self.exit_weight >= 0:
       raise ValueError(f"config.loss.exit_weight must be >= 0, got {self.exit_weight}.")
+
+  @property
+  def name(self) -> str:
+    return self.method
+
+  @property
+  def model_needs(self) -> ModelNeeds:
+    return ModelNeeds(votes=self.needs_votes)
+
+  def loss(self, forward, batch, state, *, key=None, axis_name=None) -> MethodOutput:
+    """One forward pass; `compute_loss` of its output."""
+    labels = batch["label"]
+    output = forward(batch["image"], votes=self.needs_votes)
+    loss, parts = compute_loss(self, output, labels, key=key if self.needs_key else None,
+                               axis_name=axis_name)
+    return MethodOutput(loss, parts, output.logits, labels, state)
 
   @property
   def uses_zipf_targets(self) -> bool:
@@ -93,8 +113,12 @@ class Objective:
 
   @classmethod
   def from_config(cls, loss_config: Mapping[str, Any]) -> "Objective":
-    """Builds from a config's `loss` block, naming any unknown key or bad value."""
-    values = dict(loss_config)
+    """Builds from a config's `loss` block, naming any unknown key or bad value.
+
+    The blocks of the other methods' hyperparameters (`config.loss.<block>`,
+    mappings) are not this family's and are skipped.
+    """
+    values = {k: v for k, v in plain_dict(loss_config).items() if not isinstance(v, Mapping)}
     known = set(cls().to_config())
     unknown = sorted(set(values) - known)
     if unknown:
@@ -117,15 +141,6 @@ class Objective:
     target = dataclasses.asdict(self.target)
     values["distribution"] = target.pop("name")
     return {**values, **target}
-
-
-def global_mean(values: jax.Array, axis_name=None) -> jax.Array:
-  """Mean over the global batch: local mean, averaged over `axis_name`.
-
-  Exact because every device holds the same number of examples.
-  """
-  mean = jnp.mean(values)
-  return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
 def compute_loss(objective: Objective,

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 import zipfls_jax
 from tests import reference
 from zipfls_jax.models import ModelOutput
-from zipfls_jax.training import objective as objective_lib
+from zipfls_jax.training.methods import label_smoothing as objective_lib
 from zipfls_jax.training import parallel
 
 N, C, K, D = 16, 7, 9, 5
