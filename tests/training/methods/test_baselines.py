@@ -327,3 +327,38 @@ def test_the_loss_family_still_reads_its_flat_keys_and_skips_the_blocks():
   assert isinstance(method, training.Objective)
   assert (method.name, method.lam, method.model_needs.votes) == ("zipf", 0.3, True)
   assert method.data_needs == methods.DataNeeds() and method.forward_passes == 1
+
+
+def test_ols_matrix_and_loss_follow_numpy_over_two_epochs():
+  # Two epochs of two steps each, then one step of the third: S^0 = 0,
+  # S^1 and S^2 from the correct predictions of epochs 0 and 1, by label.
+  method, model = methods.OLS(), TinyNet()
+  schedule, tx = _optimizer()
+  mesh = training.make_data_mesh()
+  step = training.compile_train_step(model, tx, method, mesh, steps_per_epoch=2,
+                                     learning_rate_fn=schedule)
+  init = functools.partial(training.create_train_state, model=model, tx=tx,
+                           image_shape=(1, 1, D_IN), method_state=method.init_state(C))
+  state = jax.jit(init, out_shardings=training.replicated(mesh))(jax.random.key(0))
+  batches = [make_batch(seed) for seed in range(5)]
+  matrix = np.zeros((C, C))
+  accumulator, counts = np.zeros((C, C)), np.zeros(C)
+  for i, batch in enumerate(batches):
+    params = jax.device_get(state.params)
+    z, *_ = numpy_forward(params, batch["image"])
+    y = batch["label"]
+    expected_loss = (0.5 * ce(z, y) - 0.5 * (matrix[y] * log_softmax(z)).sum(-1)).mean()
+    image = batch["image"].reshape(N, 1, 1, D_IN)
+    state, metrics = step(state, training.shard_batch(dict(image=image, label=y), mesh))
+    np.testing.assert_allclose(float(metrics["loss"]), expected_loss, rtol=2e-5, atol=1e-6)
+    correct = z.argmax(-1) == y
+    np.add.at(accumulator, y[correct], special.softmax(z[correct], axis=-1))
+    np.add.at(counts, y[correct], 1)
+    if i % 2 == 1:
+      matrix = np.where(counts[:, None] > 0, accumulator / np.maximum(counts, 1)[:, None], 1 / C)
+      accumulator, counts = np.zeros((C, C)), np.zeros(C)
+    got = jax.device_get(state.method_state)
+    np.testing.assert_allclose(got.matrix, matrix, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.accumulator, accumulator, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got.counts, counts)
+  assert 0 < counts.sum() < N   # the last step counted some examples, not all: the rule matters
