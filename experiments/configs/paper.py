@@ -8,9 +8,12 @@ The argument after ':' is `dataset,model,method[,ablation]`: a dataset and
 a model as `zipfls_jax.data` and `zipfls_jax.models` name them, a method of
 `METHODS`, and optionally one of `ABLATIONS`, the variants of Zipf's LS
 studied in the paper (e.g. `...,zipf,constant`). `recipe()` gives the
-authors' settings for that dataset; every other key is
+authors' settings for that dataset, and for a self-distillation baseline
+its hyperparameters for that dataset and model (`method_settings()`, with
+their sources); every other key is
 `zipfls_jax.training.config.base_config()`'s. `python -m
-experiments.configs.paper` lists the published runs (`published_runs()`).
+experiments.configs.paper` lists the published runs (`published_runs()`)
+and the runs of the paper's comparison of methods (`comparison_runs()`).
 """
 from __future__ import annotations
 
@@ -31,7 +34,12 @@ DATASET_RECIPES = {
     "i_naturalist2021": dict(lam=1.0, vote_upsample=0, batch_size=256, num_epochs=100.0,
                              lr_schedule="step_every"),
 }
-METHODS = ("ce", "ls", "zipf")
+# The paper's own runs (its tables) train these.
+PAPER_METHODS = ("ce", "ls", "zipf")
+# The comparison with the other label-smoothing and self-distillation methods
+# (docs/method.md section 4) adds these (zipfls_jax.training.methods).
+BASELINES = ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols")
+METHODS = PAPER_METHODS + BASELINES
 # Models whose published runs voted on the final map unresized whatever the
 # dataset's resize: the authors' CIFAR_DenseNet121 drops their `upsample`
 # argument, so its CIFAR-100 and TinyImageNet numbers come from 16 votes on
@@ -71,11 +79,55 @@ def published_runs() -> List[str]:
   """Every run of the paper's tables, as the argument `paper.py:` takes."""
   runs = [f"{dataset},{model},{method}"
           for dataset in ("cifar100", "tiny_imagenet") for model in _CIFAR_MODELS
-          for method in METHODS]
-  runs += [f"imagenet2012,{model},{method}" for model in _IMAGENET_MODELS for method in METHODS]
-  runs += [f"i_naturalist2021,resnet50,{method}" for method in METHODS]
+          for method in PAPER_METHODS]
+  runs += [f"imagenet2012,{model},{method}" for model in _IMAGENET_MODELS
+           for method in PAPER_METHODS]
+  runs += [f"i_naturalist2021,resnet50,{method}" for method in PAPER_METHODS]
   runs += [f"tiny_imagenet,cifar_resnet18,zipf,{ablation}" for ablation in ABLATIONS]
   return runs
+
+
+# Models with BYOT's bottleneck exits (zipfls_jax.models); the DenseNets have none.
+_BYOT_MODELS = ("cifar_resnet18", "resnet18", "resnet50", "resnet101", "resnext50_32x4d",
+                "resnext101_32x8d")
+
+
+def comparison_runs() -> List[str]:
+  """The baselines' runs: the paper's comparison cell (TinyImageNet, CIFAR
+  ResNet18) first, then both CIFAR models on CIFAR-100 and TinyImageNet and
+  the ResNet50 on iNat21 (BYOT only where the model has its exits)."""
+  cells = [("tiny_imagenet", "cifar_resnet18"), ("cifar100", "cifar_resnet18"),
+           ("cifar100", "cifar_densenet121"), ("tiny_imagenet", "cifar_densenet121"),
+           ("i_naturalist2021", "resnet50")]
+  return [f"{dataset},{model},{method}" for dataset, model in cells for method in BASELINES
+          if method != "byot" or model in _BYOT_MODELS]
+
+
+def method_settings(dataset: str, model: str, method: str) -> dict:
+  """A baseline's hyperparameters for a dataset and model (flattened config keys).
+
+  Sources (docs/method.md section 4): the Zipf authors' runs where they
+  give values (TF-KD, CS-KD, BAKE), else the method's own paper or code
+  (DDGSD, BYOT, OLS: their blocks' defaults).
+  """
+  cifar = dataset in ("cifar100", "tiny_imagenet")
+  if method == "tf_kd":
+    # The authors' method_configs.py: T and multiplier per model, reg_alpha 0.1.
+    temperature, multiplier = ((20.0, 100.0) if model == "cifar_resnet18" else
+                               (40.0, 1.0) if model == "cifar_densenet121" else (20.0, 1.0))
+    return {"loss.tf_kd.temperature": temperature, "loss.tf_kd.multiplier": multiplier,
+            "loss.tf_kd.reg_alpha": 0.1}
+  if method == "cs_kd":
+    # lambda 1 on the CIFAR-size sets, 3 for the ImageNet-size models; T 4.
+    return {"loss.cs_kd.weight": 1.0 if cifar else 3.0, "loss.cs_kd.temperature": 4.0}
+  if method == "bake":
+    # omega 0.9 with 1 friend on TinyImageNet, 0.5 with 3 on CIFAR-100 (BAKE's
+    # default), 0.5 with 1 at ImageNet size; T 4, lambda 1.
+    omega, friends = {"tiny_imagenet": (0.9, 1), "cifar100": (0.5, 3)}.get(dataset, (0.5, 1))
+    return {"loss.bake.omega": omega, "loss.bake.friends": friends}
+  if method == "byot":
+    return {"exits": True, "exit_type": "bottleneck"}
+  return {}
 
 
 def recipe(dataset: str, model: str, method: str,
@@ -85,7 +137,7 @@ def recipe(dataset: str, model: str, method: str,
   Args:
     dataset: a key of `DATASET_RECIPES`.
     model: a `zipfls_jax.models` name (checked when the run builds it).
-    method: 'ce', 'ls' or 'zipf'.
+    method: one of `METHODS`: 'ce', 'ls', 'zipf' or a baseline.
     ablation: None, or a key of `ABLATIONS` (with method 'zipf').
   """
   if dataset not in DATASET_RECIPES:
@@ -110,6 +162,7 @@ def recipe(dataset: str, model: str, method: str,
   if settings["batch_size"] == 256:
     config.log_every_steps = 500
     config.checkpoint_every_steps = 2000
+  config.update_from_flattened_dict(method_settings(dataset, model, method))
   if ablation is not None:
     config.update_from_flattened_dict(ABLATIONS[ablation])
   return config
@@ -127,4 +180,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
 
 
 if __name__ == "__main__":
+  print("# The paper's runs")
   print("\n".join(published_runs()))
+  print("# The comparison with the other methods (docs/method.md section 4)")
+  print("\n".join(comparison_runs()))

@@ -22,6 +22,7 @@ CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
 PAPER = os.path.join(CONFIG_DIR, "paper.py")
 DEMO = os.path.join(CONFIG_DIR, "fashion_mnist_demo.py")
 PUBLISHED = paper.published_runs()
+COMPARISON = paper.comparison_runs()
 
 
 def load(path, arg=None):
@@ -53,10 +54,50 @@ def test_there_is_a_config_for_every_run_of_method_section_6():
     assert f"{dataset},{model},{method}" in runs
 
 
-def test_python_m_lists_the_published_runs():
+def test_python_m_lists_the_published_and_the_comparison_runs():
   result = subprocess.run([sys.executable, "-m", "experiments.configs.paper"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=True)
-  assert result.stdout.split() == PUBLISHED
+  runs = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+  assert runs == PUBLISHED + COMPARISON
+
+
+def test_the_comparison_covers_every_baseline_on_the_paper_cells():
+  for method in ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols"):
+    for cell in ("tiny_imagenet,cifar_resnet18", "cifar100,cifar_resnet18",
+                 "i_naturalist2021,resnet50"):
+      assert f"{cell},{method}" in COMPARISON
+    for cell in ("cifar100,cifar_densenet121", "tiny_imagenet,cifar_densenet121"):
+      # The DenseNets have no BYOT exits.
+      assert (f"{cell},{method}" in COMPARISON) == (method != "byot")
+  assert len(COMPARISON) == len(set(COMPARISON)) == 5 * 6 - 2
+
+
+@pytest.mark.parametrize("arg, expected", [
+    # The Zipf authors' values (docs/method.md section 4).
+    ("tiny_imagenet,cifar_resnet18,tf_kd", {"loss.tf_kd.temperature": 20.0,
+                                            "loss.tf_kd.multiplier": 100.0}),
+    ("cifar100,cifar_densenet121,tf_kd", {"loss.tf_kd.temperature": 40.0,
+                                          "loss.tf_kd.multiplier": 1.0}),
+    ("i_naturalist2021,resnet50,tf_kd", {"loss.tf_kd.temperature": 20.0,
+                                         "loss.tf_kd.multiplier": 1.0}),
+    ("tiny_imagenet,cifar_resnet18,cs_kd", {"loss.cs_kd.weight": 1.0}),
+    ("i_naturalist2021,resnet50,cs_kd", {"loss.cs_kd.weight": 3.0}),
+    ("tiny_imagenet,cifar_resnet18,bake", {"loss.bake.omega": 0.9, "loss.bake.friends": 1}),
+    ("cifar100,cifar_resnet18,bake", {"loss.bake.omega": 0.5, "loss.bake.friends": 3}),
+    ("i_naturalist2021,resnet50,bake", {"loss.bake.omega": 0.5, "loss.bake.friends": 1}),
+    ("tiny_imagenet,cifar_resnet18,byot", {"exits": True, "exit_type": "bottleneck",
+                                           "loss.byot.alpha": 0.3, "loss.byot.beta": 0.03}),
+    ("tiny_imagenet,cifar_resnet18,ddgsd", {"loss.ddgsd.kl_weight": 1.0,
+                                            "loss.ddgsd.mmd_weight": 5e-4}),
+])
+def test_baseline_settings_follow_method_section_4(arg, expected):
+  config = load(PAPER, arg)
+  assert config.loss.method == arg.split(",")[-1]
+  for key, value in expected.items():
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
 
 
 @pytest.mark.parametrize("arg, key, value", [
@@ -97,8 +138,9 @@ def test_a_bad_argument_is_refused_with_what_is_expected(arg, match):
     load(PAPER, arg)
 
 
-@pytest.mark.parametrize("path, arg", [(PAPER, run) for run in PUBLISHED] + [(DEMO, None)],
-                         ids=[*PUBLISHED, "fashion_mnist_demo"])
+@pytest.mark.parametrize("path, arg",
+                         [(PAPER, run) for run in PUBLISHED + COMPARISON] + [(DEMO, None)],
+                         ids=[*PUBLISHED, *COMPARISON, "fashion_mnist_demo"])
 def test_config_builds(path, arg):
   config = load(path, arg)
   config_lib.validate_config(config)
