@@ -122,8 +122,7 @@ def main(argv):
 
   totals = {}
   for index, method in enumerate(methods):
-    config = fashion_mnist_demo.get_config()
-    config.loss.method = method
+    config = fashion_mnist_demo.get_config(method)
     config.data_dir = _DATA_DIR.value
     if _STEPS.value > 0:
       config.num_train_steps = _STEPS.value

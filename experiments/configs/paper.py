@@ -113,8 +113,10 @@ def method_settings(dataset: str, model: str, method: str) -> dict:
   cifar = dataset in ("cifar100", "tiny_imagenet")
   if method == "tf_kd":
     # The authors' method_configs.py: T and multiplier per model, reg_alpha 0.1.
-    temperature, multiplier = ((20.0, 100.0) if model == "cifar_resnet18" else
-                               (40.0, 1.0) if model == "cifar_densenet121" else (20.0, 1.0))
+    # (The demo's tiny CIFAR models take their full-size model's values.)
+    temperature, multiplier = ((20.0, 100.0) if model.startswith("cifar_resnet") else
+                               (40.0, 1.0) if model.startswith("cifar_densenet") else
+                               (20.0, 1.0))
     return {"loss.tf_kd.temperature": temperature, "loss.tf_kd.multiplier": multiplier,
             "loss.tf_kd.reg_alpha": 0.1}
   if method == "cs_kd":

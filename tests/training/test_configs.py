@@ -217,3 +217,11 @@ def test_demo_refuses_an_unknown_method_before_training(tmp_path):
   assert result.returncode != 0
   assert "--methods has unknown ['zipff']" in result.stderr
   assert not (tmp_path / "demo").exists()
+
+
+def test_the_results_sheet_and_the_demo_name_every_method():
+  from zipfls_jax import training  # pylint: disable=g-import-not-at-top
+  assert set(results_sheet.METHOD_NAMES) == set(training.METHOD_NAMES)
+  for method in training.METHOD_NAMES:
+    config = load(DEMO, method)
+    assert config.loss.method == method and config.dataset == "fashion_mnist"
