@@ -18,7 +18,11 @@ from experiments.configs import paper
 
 
 def get_config(method: Optional[str] = None):
-  config = paper.recipe("cifar100", "cifar_resnet_tiny", method or "zipf")
+  method = method or "zipf"
+  if method in paper.ABLATIONS and paper.ABLATIONS[method].get("loss.method") == method:
+    config = paper.recipe("cifar100", "cifar_resnet_tiny", "zipf", method)  # 'ls_zipf'
+  else:
+    config = paper.recipe("cifar100", "cifar_resnet_tiny", method)
   config.dataset = "fashion_mnist"
   config.num_train_steps = 800
   # Two evaluations (after epoch 1 and at step 800), not four: a pass over
