@@ -54,6 +54,7 @@ PAPER = {
     ("tiny_imagenet", "cifar_resnet18", "cs_kd"): ("58.4 (+2.0)", "-"),
     ("tiny_imagenet", "cifar_resnet18", "ddgsd"): ("58.5 (+2.1)", "-"),
     ("tiny_imagenet", "cifar_resnet18", "byot"): ("57.8 (+1.4)", "-"),
+    ("tiny_imagenet", "cifar_resnet18", "ps_kd"): ("58.4 (+2.0)", "-"),
 }
 
 DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "TinyImageNet",
@@ -61,7 +62,7 @@ DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "TinyImageNet",
                  "fashion_mnist": "Fashion-MNIST"}
 METHOD_NAMES = {"ce": "CE", "ls": "LS", "zipf": "Zipf's LS", "ls_zipf": "LS to Zipf",
                 "tf_kd": "TF-KD", "cs_kd": "CS-KD", "bake": "BAKE", "ddgsd": "DDGSD",
-                "byot": "BYOT", "ols": "OLS"}
+                "byot": "BYOT", "ols": "OLS", "ps_kd": "PS-KD"}
 
 
 def method_label(config: Dict) -> str:

@@ -38,7 +38,7 @@ DATASET_RECIPES = {
 PAPER_METHODS = ("ce", "ls", "zipf")
 # The comparison with the other label-smoothing and self-distillation methods
 # (docs/method.md section 4) adds these (zipfls_jax.training.methods).
-BASELINES = ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols")
+BASELINES = ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd")
 METHODS = PAPER_METHODS + BASELINES
 # Models whose published runs voted on the final map unresized whatever the
 # dataset's resize: the authors' CIFAR_DenseNet121 drops their `upsample`
@@ -108,7 +108,7 @@ def method_settings(dataset: str, model: str, method: str) -> dict:
 
   Sources (docs/method.md section 4): the Zipf authors' runs where they
   give values (TF-KD, CS-KD, BAKE), else the method's own paper or code
-  (DDGSD, BYOT, OLS: their blocks' defaults).
+  (DDGSD, BYOT, OLS, PS-KD: their blocks' defaults).
   """
   cifar = dataset in ("cifar100", "tiny_imagenet")
   if method == "tf_kd":

@@ -62,14 +62,14 @@ def test_python_m_lists_the_published_and_the_comparison_runs():
 
 
 def test_the_comparison_covers_every_baseline_on_the_paper_cells():
-  for method in ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols"):
+  for method in ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd"):
     for cell in ("tiny_imagenet,cifar_resnet18", "cifar100,cifar_resnet18",
                  "i_naturalist2021,resnet50"):
       assert f"{cell},{method}" in COMPARISON
     for cell in ("cifar100,cifar_densenet121", "tiny_imagenet,cifar_densenet121"):
       # The DenseNets have no BYOT exits.
       assert (f"{cell},{method}" in COMPARISON) == (method != "byot")
-  assert len(COMPARISON) == len(set(COMPARISON)) == 5 * 6 - 2
+  assert len(COMPARISON) == len(set(COMPARISON)) == 5 * 7 - 2
 
 
 @pytest.mark.parametrize("arg, expected", [

@@ -47,6 +47,7 @@ class RunSetup:
   learning_rate_fn: Any
   method: methods_lib.Method
   num_classes: int
+  num_train_examples: int
   image_shape: tuple
   steps_per_epoch: int
   total_steps: int
@@ -55,7 +56,8 @@ class RunSetup:
   def init_state(self, rng: jax.Array) -> TrainState:
     """A fresh train state of this run (jittable, `eval_shape`-able)."""
     return create_train_state(rng, self.model, self.tx, image_shape=self.image_shape,
-                              method_state=self.method.init_state(self.num_classes))
+                              method_state=self.method.init_state(self.num_classes,
+                                                                  self.num_train_examples))
 
 
 def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -> RunSetup:
@@ -98,9 +100,10 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
   tx = optim.create_optimizer(learning_rate_fn, momentum=config.momentum,
                               nesterov=config.nesterov, weight_decay=config.weight_decay)
   eval_every_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+  method = method.for_run(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   return RunSetup(model=model, eval_model=eval_model, tx=tx, learning_rate_fn=learning_rate_fn,
-                  method=method,
-                  num_classes=spec.num_classes,
+                  method=method, num_classes=spec.num_classes,
+                  num_train_examples=num_train_examples,
                   image_shape=(image_size, image_size, spec.channels),
                   steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                   eval_every_steps=eval_every_steps)
@@ -349,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_batches = parallel.prefetch_to_mesh(data.create_train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed,
       data_dir=data_dir, image_size=image_size, start_step=start_step,
-      friends=needs.friends, views=needs.views), mesh)
+      friends=needs.friends, views=needs.views, with_index=needs.index), mesh)
   eval_batches = data.create_eval_iterator(  # built once, one exact pass per `for`
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=data_dir,
       image_size=image_size)

@@ -362,3 +362,70 @@ def test_ols_matrix_and_loss_follow_numpy_over_two_epochs():
     np.testing.assert_allclose(got.accumulator, accumulator, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(got.counts, counts)
   assert 0 < counts.sum() < N   # the last step counted some examples, not all: the rule matters
+
+
+class IndexNet(nn.Module):
+  """Logits that encode the example: sin(w * index * (c + 1)), index in the input."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, votes: bool = False):
+    del train, votes
+    w = self.param("w", nn.initializers.ones, ())
+    index = x.reshape(x.shape[0], -1)[:, :1]
+    logits = 3.0 * jnp.sin(w * index * jnp.arange(1, C + 1))
+    return ModelOutput(logits=logits, features=logits)
+
+
+def index_logits(index):
+  return 3.0 * np.sin(np.asarray(index, np.float64)[:, None] * np.arange(1, C + 1))
+
+
+@pytest.mark.parametrize("batch_norm", ["sync", "per_device"])
+def test_ps_kd_store_gives_every_example_its_own_previous_prediction(batch_norm):
+  # 24 examples, 3 steps of 8 per epoch, a new order each epoch; a learning
+  # rate of 0 keeps each example's prediction a fixed function of its index,
+  # so any row mix-up in the store shows in the targets and the loss.
+  num_examples, batch, epochs = 24, 8, 4
+  method = methods.PSKD(alpha_final=0.8, num_epochs=epochs, store_dtype="float32")
+  model, tx = IndexNet(), optax_sgd_zero()
+  mesh = training.make_data_mesh()
+  step = training.compile_train_step(model, tx, method, mesh, steps_per_epoch=3,
+                                     batch_norm=batch_norm)
+  init = functools.partial(training.create_train_state, model=model, tx=tx,
+                           image_shape=(1, 1, 1),
+                           method_state=method.init_state(C, num_examples))
+  state = jax.jit(init, out_shardings=training.replicated(mesh))(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  labels_of = rng.integers(0, C, size=num_examples).astype(np.int32)
+  probs = special.softmax(index_logits(np.arange(num_examples)), axis=-1)
+  for epoch in range(2):
+    order = rng.permutation(num_examples)
+    for s in range(3):
+      index = order[s * batch:(s + 1) * batch].astype(np.int32)
+      y = labels_of[index]
+      a = 0.8 * (epoch + 1) / epochs
+      onehot = np.eye(C)[y]
+      targets = onehot if epoch == 0 else (1 - a) * onehot + a * probs[index]
+      expected = -(targets * log_softmax(index_logits(index))).sum(-1).mean()
+      feed = dict(image=index.astype(np.float32).reshape(batch, 1, 1, 1), label=y, index=index)
+      state, metrics = step(state, training.shard_batch(feed, mesh))
+      np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+    got = jax.device_get(state.method_state)
+    assert int(got["epoch"]) == epoch + 1
+    np.testing.assert_allclose(got["store"], probs, rtol=1e-5, atol=1e-7)
+
+
+def optax_sgd_zero():
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.sgd(0.0)
+
+
+def test_ps_kd_bfloat16_store_moves_targets_by_at_most_its_rounding():
+  # The default store keeps predictions in bfloat16 (8 bits of mantissa):
+  # each target entry a * p moves by at most a * p * 2^-8.
+  probs = special.softmax(np.random.default_rng(1).normal(size=(64, 100)) * 3, axis=-1)
+  stored = np.asarray(jnp.asarray(probs, jnp.bfloat16).astype(jnp.float32), np.float64)
+  assert np.all(np.abs(stored - probs) <= probs * 2.0**-8)
+  method = methods.PSKD()
+  assert method.init_state(100, 50_000)["store"].dtype == jnp.bfloat16
+  assert method.init_state(100, 50_000)["store"].nbytes == 50_000 * 100 * 2   # 10 MB

@@ -53,6 +53,7 @@ def train_records(workdir):
     ("ddgsd", "per_device", "train_ce_view2"),
     ("byot", "sync", "train_byot_features"),
     ("ols", "per_device", "train_ce"),
+    ("ps_kd", "sync", "train_ce"),
 ])
 def test_each_method_trains_and_evaluates_on_mock_data(tmp_path, method, batch_norm, extra):
   config = config_for(method, batch_norm=batch_norm)

@@ -9,8 +9,9 @@ data and the model, and computes its loss from one or more forward passes.
   of `config.loss` (lam, ls_eps, the target distribution, ...);
 * 'tf_kd', 'cs_kd', 'bake', 'ddgsd', 'byot': their hyperparameters in the
   block `config.loss.<name>` (e.g. `config.loss.cs_kd.temperature`);
-* 'ols', which carries a class matrix across epochs in the train state
-  (no hyperparameters: its block is empty).
+* 'ols' and 'ps_kd', which carry state across epochs in the train state
+  (OLS a class matrix, with no hyperparameters: its block is empty; PS-KD
+  every example's last prediction).
 
 Adding a method: one module here with a `Method` subclass, and its entry
 in `METHODS`. The comparison and every method's formula are in
@@ -29,10 +30,11 @@ from zipfls_jax.training.methods.cs_kd import CSKD
 from zipfls_jax.training.methods.ddgsd import DDGSD
 from zipfls_jax.training.methods.label_smoothing import Objective, compute_loss
 from zipfls_jax.training.methods.ols import OLS
+from zipfls_jax.training.methods.ps_kd import PSKD
 from zipfls_jax.training.methods.tf_kd import TFKD
 
 # Methods whose hyperparameters live in a block `config.loss.<block>`.
-BLOCK_METHODS = (TFKD, CSKD, BAKE, DDGSD, BYOT, OLS)
+BLOCK_METHODS = (TFKD, CSKD, BAKE, DDGSD, BYOT, OLS, PSKD)
 METHODS: Dict[str, type] = {
     **{name: Objective for name in ("ce", "ls", "zipf", "ls_zipf")},
     **{cls.name: cls for cls in BLOCK_METHODS},
@@ -89,6 +91,6 @@ def from_config(loss_config: Mapping[str, Any]) -> Method:
 
 __all__ = [
     "BAKE", "BLOCK_METHODS", "BYOT", "CSKD", "DDGSD", "DataNeeds", "Forward", "METHODS", "OLS",
-    "METHOD_NAMES", "Method", "MethodOutput", "ModelNeeds", "Objective", "TFKD",
+    "METHOD_NAMES", "Method", "MethodOutput", "ModelNeeds", "Objective", "PSKD", "TFKD",
     "compute_loss", "default_loss_config", "from_config", "global_mean",
 ]

@@ -166,10 +166,19 @@ class Method:
   def has_epoch_update(self) -> bool:
     return type(self).end_epoch is not Method.end_epoch
 
-  def init_state(self, num_classes: int) -> Any:
-    """The state carried across steps (a pytree; empty by default)."""
-    del num_classes
+  def init_state(self, num_classes: int, num_examples: int = 0) -> Any:
+    """The state carried across steps (a pytree; empty by default).
+
+    `num_examples` is the training split's size (all hosts), for methods
+    that keep something per example.
+    """
+    del num_classes, num_examples
     return {}
+
+  def for_run(self, *, total_steps: int, steps_per_epoch: int) -> "Method":
+    """This method with the values it takes from the run's length filled in."""
+    del total_steps, steps_per_epoch
+    return self
 
   def loss(self, forward: Forward, batch: Batch, state: Any, *,
            key: Optional[jax.Array] = None, axis_name=None) -> MethodOutput:

@@ -31,7 +31,8 @@ class OLS(base.Method):
   name = "ols"
   block = "ols"
 
-  def init_state(self, num_classes: int) -> self_distillation.OLSState:
+  def init_state(self, num_classes: int, num_examples: int = 0) -> self_distillation.OLSState:
+    del num_examples
     return self_distillation.ols_init(num_classes, jnp.float32)
 
   def loss(self, forward, batch, state, *, key=None, axis_name=None) -> base.MethodOutput:
