@@ -15,8 +15,8 @@ and dropped at inference. Two kinds exist:
 The bottleneck follows the first author's code
 (ArchipLab-LinfengZhang/pytorch-self-distillation-final, its `scala`
 modules): one separable-convolution block per remaining stage, each
-halving the side and taking the next stage's width, so a stage-s exit of
-an n-stage network has n - 1 - s blocks. A block is depthwise 3x3 (stride
+halving the side and taking the next stage's width, so the exit on
+0-based stage s of an n-stage network has n - 1 - s blocks. A block is depthwise 3x3 (stride
 2) - pointwise 1x1 (same width) - BN - ReLU - depthwise 3x3 - pointwise 1x1
 (next width) - BN - ReLU, convolutions without bias, kaiming-normal
 (fan-out) initialised like that code's; the classifier is a PyTorch-default
