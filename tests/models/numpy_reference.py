@@ -130,3 +130,19 @@ def dense_layer(x, p, prefix="", *, train=True):
   y = conv2d(relu(batch_norm(y, p, prefix + "bn2.", train=train)[0]), p[prefix + "conv2.weight"],
              padding=1)
   return np.concatenate([y, np.asarray(x, np.float64)], axis=1)
+
+
+def byot_sep_conv(x, p, prefix=""):
+  """BYOT's `SepConv` (pytorch-self-distillation-final, resnet.py), train-mode BN, on NCHW `x`.
+
+  depthwise 3x3 stride 2 (`op.0`), pointwise 1x1 (`op.1`), BN (`op.2`), ReLU,
+  depthwise 3x3 stride 1 (`op.4`), pointwise 1x1 (`op.5`), BN (`op.6`), ReLU;
+  convolutions pad 1 and have no bias.
+  """
+  channels = np.shape(x)[1]
+  y = conv2d(x, p[prefix + "op.0.weight"], stride=2, padding=1, groups=channels)
+  y = conv2d(y, p[prefix + "op.1.weight"], padding=0)
+  y = relu(batch_norm(y, p, prefix + "op.2.", train=True)[0])
+  y = conv2d(y, p[prefix + "op.4.weight"], padding=1, groups=channels)
+  y = conv2d(y, p[prefix + "op.5.weight"], padding=0)
+  return relu(batch_norm(y, p, prefix + "op.6.", train=True)[0])

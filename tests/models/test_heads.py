@@ -89,8 +89,12 @@ def test_join_exits_orders_votes_final_first():
                        votes=jnp.full((2, 3), k, jnp.int32)) for k in (1, 2)]
   joined = join_exits(final, exits, vote_exits=True)
   np.testing.assert_array_equal(joined.votes[0], [7, 7, 1, 1, 1, 2, 2, 2])
-  assert len(joined.exit_logits) == 2
+  assert len(joined.exit_logits) == 2 and joined.exit_features == ()
   assert join_exits(final, exits, vote_exits=False).votes.shape == (2, 2)
+  # Bottleneck exits also hand on their pooled features, shallowest first.
+  exits = [e.replace(features=jnp.full((2, 4), k, jnp.float32)) for k, e in zip((1, 2), exits)]
+  joined = join_exits(final, exits, vote_exits=False, exit_features=True)
+  assert [float(f[0, 0]) for f in joined.exit_features] == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("bad, error", [

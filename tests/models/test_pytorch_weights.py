@@ -316,6 +316,30 @@ def test_the_class_count_must_match_unless_merging(tiny_converted):
   np.testing.assert_array_equal(merged["params"]["head"]["kernel"], sd["linear.weight"].T)
 
 
+def test_bottleneck_exits_are_refused_by_load_and_kept_by_merge():
+  """BYOT's exits have no PyTorch counterpart: merging keeps them as initialised."""
+  sd = random_state_dict(TABLES["resnet_tiny"][0](10))
+  with pytest.raises(ValueError, match="bottleneck exits.*merge_pytorch_weights"):
+    load_pytorch_weights("resnet_tiny", sd, num_classes=10, exits=True, exit_type="bottleneck")
+  exit_modules = ("exit1_bottleneck", "exit1_head", "exit2_bottleneck", "exit2_head",
+                  "exit3_bottleneck", "exit3_head")
+  for num_classes, kept_heads in ((10, ()), (7, ("head",))):
+    model = get_model("resnet_tiny", num_classes=num_classes, exits=True, exit_type="bottleneck")
+    fresh = jax.tree.map(lambda s: np.full(s.shape, -1.0, np.float32), abstract_variables(model))
+    merged, kept = merge_pytorch_weights(fresh, model, sd)
+    assert kept == tuple(sorted(exit_modules + kept_heads))
+    assert jax.tree.structure(merged) == jax.tree.structure(fresh)
+    for module in kept:
+      for collection in ("params", "batch_stats"):
+        if module in fresh[collection]:
+          jax.tree.map(np.testing.assert_array_equal, merged[collection][module],
+                       fresh[collection][module])
+    np.testing.assert_array_equal(merged["params"]["stage3_block1"]["conv1"]["kernel"],
+                                  sd["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
+    if not kept_heads:
+      np.testing.assert_array_equal(merged["params"]["head"]["kernel"], sd["fc.weight"].T)
+
+
 def test_safetensors_files_are_read(tmp_path):
   from safetensors.numpy import save_file
   sd = random_state_dict(TABLES["mobilenet_v2_tiny"][0](10))

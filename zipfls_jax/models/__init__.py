@@ -3,7 +3,8 @@
 The authors' architectures (docs/method.md section 5) as pure functional modules:
 explicit `params` and `batch_stats`, so a training step stays a pure function
 for `jax.jit`, `jax.shard_map` and `pmap`. Each returns a `ModelOutput`
-(pooled logits, pooled features, optional dense votes, exit logits).
+(pooled logits, pooled features, optional dense votes, exit logits and,
+for BYOT's bottleneck exits, exit features).
 `VotingHead` gives any Flax backbone the same outputs. This package never
 imports TensorFlow or the input pipelines.
 """
@@ -14,6 +15,7 @@ extras.require("zipfls_jax.models", ("flax",), "models")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from zipfls_jax.models.cifar_resnet import CifarResNet, PreActBlock
 from zipfls_jax.models.densenet import DenseNet
+from zipfls_jax.models.exits import EXIT_TYPES, without_exits
 from zipfls_jax.models.heads import VotingHead
 from zipfls_jax.models.mobilenet_v2 import MobileNetV2
 from zipfls_jax.models.outputs import ModelOutput, join_exits
@@ -30,6 +32,7 @@ __all__ = [
     "Bottleneck",
     "CifarResNet",
     "DenseNet",
+    "EXIT_TYPES",
     "MODEL_NAMES",
     "MobileNetV2",
     "ModelOutput",
@@ -41,4 +44,5 @@ __all__ = [
     "load_pytorch_weights",
     "merge_pytorch_weights",
     "read_pytorch_weights",
+    "without_exits",
 ]

@@ -3,7 +3,10 @@
 docs/method.md section 5: stem conv3x3 + BN + ReLU (no max-pool), four
 stages of pre-activation blocks, no final BN/ReLU, global average pool and
 one linear classifier; the multi-exit variant adds a linear exit on the
-outputs of stages 2 and 3. This is the authors' `CIFAR_ResNet` function
+outputs of stages 2 and 3. With `exit_type='bottleneck'` the exits are
+BYOT's instead (`zipfls_jax.models.exits`): a bottleneck to the final
+map's shape, then a linear classifier, after stages 1, 2 and 3. This is the
+authors' `CIFAR_ResNet` function
 exactly, including their block's shortcut, which adds ReLU(BN1(x)) rather
 than x. PyTorch's default initialisers, which the authors' CIFAR models
 used. The module defines architecture only; losses read its `ModelOutput`.
@@ -11,12 +14,13 @@ used. The module defines architecture only; losses read its `ModelOutput`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from zipfls_jax.models import exits as exits_lib
 from zipfls_jax.models import initializers, layers
 from zipfls_jax.models.heads import linear_heads
 from zipfls_jax.models.outputs import ModelOutput
@@ -62,10 +66,18 @@ class CifarResNet(nn.Module):
     stage_sizes: blocks per stage.
     num_classes: C.
     widths: channels per stage; stages after the first halve the resolution.
-    exits: add the intermediate linear heads on the outputs of `exit_stages`.
-    exit_stages: 0-based stages whose output feeds an exit (the authors':
-      2nd and 3rd).
-    vote_exits: with `exits`, the exits vote too (after the final head's votes).
+    exits: add intermediate exits on the outputs of `exit_stages`. They only
+      add modules: without them the model and its parameters are the same.
+    exit_type: 'linear' (the authors' exits: pool, then a linear head) or
+      'bottleneck' (BYOT's: the stage's map through separable-convolution
+      blocks to the final map's shape, then pool and a linear head; the
+      pooled bottleneck outputs come back as `exit_features`). See
+      `zipfls_jax.models.exits` for what of BYOT's code is followed.
+    exit_stages: 0-based stages whose output feeds an exit, or None for the
+      kind's own: (1, 2), the authors' 2nd and 3rd, for linear exits; every
+      stage but the last (0, 1, 2) for bottleneck exits.
+    vote_exits: with linear `exits`, the exits vote too (after the final
+      head's votes); bottleneck exits do not vote.
     vote_upsample: None or the bilinear factor for voting (docs/method.md
       section 1.1).
     dtype: computation dtype; parameters stay float32, logits are float32.
@@ -77,7 +89,8 @@ class CifarResNet(nn.Module):
   num_classes: int
   widths: Sequence[int] = (64, 128, 256, 512)
   exits: bool = False
-  exit_stages: Sequence[int] = (1, 2)
+  exit_type: str = "linear"
+  exit_stages: Optional[Sequence[int]] = None
   vote_exits: bool = False
   vote_upsample: int | None = None
   dtype: Any = jnp.float32
@@ -87,10 +100,11 @@ class CifarResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, votes: bool = False) -> ModelOutput:
     layers.check_images(images)
-    if self.exits and any(not 0 <= s < len(self.stage_sizes) for s in self.exit_stages):
-      raise ValueError(
-          f"`exit_stages` must name stages 0..{len(self.stage_sizes) - 1}, "
-          f"got {tuple(self.exit_stages)}.")
+    exits_lib.check_exit_options(type(self).__name__, exits=self.exits, exit_type=self.exit_type,
+                                 vote_exits=self.vote_exits, exit_types=exits_lib.EXIT_TYPES)
+    exit_stages = exits_lib.exit_stages_for(
+        self.exit_stages, exit_type=self.exit_type,
+        num_stages=len(self.stage_sizes)) if self.exits else ()
     conv = functools.partial(layers.conv, dtype=self.dtype, kernel_init=initializers.torch_default_kernel)
     norm = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name)
 
@@ -103,9 +117,13 @@ class CifarResNet(nn.Module):
             width, strides=2 if i > 0 and j == 0 else 1, conv=conv, norm=norm,
             zero_init_residual=self.zero_init_residual,
             name=f"stage{i + 1}_block{j + 1}")(x)
-      if self.exits and i in self.exit_stages:
-        exit_maps.append(x)
-    return linear_heads(x, exit_maps, num_classes=self.num_classes,
+      if i in exit_stages:
+        exit_maps.append((i, x))
+    if self.exits and self.exit_type == "bottleneck":
+      return exits_lib.bottleneck_heads(
+          x, exit_maps, stage_widths=self.widths, num_classes=self.num_classes,
+          vote_upsample=self.vote_upsample, votes=votes, norm=norm, dtype=self.dtype)
+    return linear_heads(x, [m for _, m in exit_maps], num_classes=self.num_classes,
                         vote_upsample=self.vote_upsample, votes=votes,
                         vote_exits=self.vote_exits)
 

@@ -110,14 +110,16 @@ def linear_heads(final_map: jax.Array,
                  vote_upsample: Optional[int],
                  votes: bool,
                  vote_exits: bool = False,
-                 zero_bias: bool = False) -> ModelOutput:
+                 zero_bias: bool = False,
+                 exit_features: bool = False) -> ModelOutput:
   """The final head and one head per exit map, initialised like `torch.nn.Linear`.
 
   Call it inside a model's compact `__call__`: the heads become that model's
   submodules 'head' and 'exit1_head', 'exit2_head', ... (shallowest exit
   first). Kernels are PyTorch's default uniform; biases too, or zero with
   `zero_bias` (torchvision's DenseNet). The exits vote only with
-  `vote_exits`; their logits and votes join the final head's by `join_exits`.
+  `vote_exits`; their logits and votes join the final head's by `join_exits`,
+  and so do their pooled features with `exit_features`.
   """
   def head(feature_map, name, vote):
     bias_init = (nn.initializers.zeros if zero_bias
@@ -131,4 +133,4 @@ def linear_heads(final_map: jax.Array,
 
   final = head(final_map, "head", votes)
   exits = [head(m, f"exit{k + 1}_head", votes and vote_exits) for k, m in enumerate(exit_maps)]
-  return join_exits(final, exits, vote_exits=vote_exits)
+  return join_exits(final, exits, vote_exits=vote_exits, exit_features=exit_features)

@@ -2,7 +2,8 @@
 
 `ModelOutput` is the one structure a training step reads: pooled logits for
 cross-entropy and evaluation, pooled features, optional dense votes for the
-Zipf target (docs/method.md section 1.1) and the intermediate exits' logits. It holds arrays
+Zipf target (docs/method.md section 1.1), the intermediate exits' logits and,
+for BYOT's bottleneck exits, their pooled features. It holds arrays
 only, so it passes through `jax.jit`, `shard_map` and `pmap` as a pytree. This
 module computes nothing itself; the heads fill it.
 """
@@ -27,6 +28,11 @@ class ModelOutput:
       votes come first, then each exit's, shallowest exit first.
     exit_logits: (N, C) float32 logits of each intermediate exit, shallowest
       first; empty without exits.
+    exit_features: (N, D) float32 pooled features of each bottleneck exit
+      (`exit_type='bottleneck'`), shallowest first: the output of the exit's
+      bottleneck, globally pooled, with the final `features`' width D. Empty
+      without exits and for linear exits, whose features are the stage's
+      own (of another width).
   """
   logits: jax.Array
   features: jax.Array
@@ -38,8 +44,12 @@ class ModelOutput:
 def join_exits(final: ModelOutput,
                exits: Sequence[ModelOutput],
                *,
-               vote_exits: bool) -> ModelOutput:
+               vote_exits: bool,
+               exit_features: bool = False) -> ModelOutput:
   """Adds the exit heads' logits (and votes, if `vote_exits`) to `final`.
+
+  With `exit_features`, the exits' pooled features go to `exit_features`
+  too (bottleneck exits, whose features have the final head's width).
 
   Votes are concatenated along K in the order final, then exits shallowest
   first; the ranking of docs/method.md section 1.2 only counts votes, so the order matters only
@@ -51,4 +61,6 @@ def join_exits(final: ModelOutput,
     if any(v is None for v in exit_votes):
       raise ValueError("`vote_exits` needs every exit head to have voted.")
     votes = jnp.concatenate([votes, *exit_votes], axis=1)
-  return final.replace(votes=votes, exit_logits=tuple(e.logits for e in exits))
+  return final.replace(
+      votes=votes, exit_logits=tuple(e.logits for e in exits),
+      exit_features=tuple(e.features for e in exits) if exit_features else ())

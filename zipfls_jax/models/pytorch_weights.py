@@ -13,7 +13,10 @@ running_var -> scale / bias / mean / var.
 
 A state dict is a mapping of names to arrays (NumPy arrays, or anything
 `np.asarray` takes), so torch is not needed; files are read by
-`read_pytorch_weights`. The expected names and shapes come from the model's
+`read_pytorch_weights`. BYOT's bottleneck exits (`exit_type='bottleneck'`)
+have no PyTorch counterpart in these families: `load_pytorch_weights`
+refuses a model with them, and `merge_pytorch_weights` keeps them as
+initialised. The expected names and shapes come from the model's
 own variables (`jax.eval_shape`, no arrays), so this module holds one naming
 rule per architecture family and nothing that computes.
 """
@@ -30,6 +33,7 @@ import numpy as np
 from flax import linen as nn
 
 from zipfls_jax.models import cifar_resnet, densenet, mobilenet_v2, registry, resnet
+from zipfls_jax.models import exits as exits_lib
 
 StateDict = Mapping[str, Any]
 Weights = Union[StateDict, str, os.PathLike]
@@ -66,8 +70,9 @@ def _authors_cifar_resnet_name(model: cifar_resnet.CifarResNet, path: Tuple[str,
   exit_match = re.fullmatch(r"exit(\d+)_head", path[0])
   if exit_match:
     # The authors name an exit by the 1-based stage it reads: linear2, linear3.
-    stage = _exit_positions(model.exit_stages, len(model.stage_sizes))[int(exit_match[1]) - 1]
-    return f"linear{stage + 1}"
+    stages = exits_lib.exit_stages_for(model.exit_stages, exit_type=model.exit_type,
+                                       num_stages=len(model.stage_sizes))
+    return f"linear{stages[int(exit_match[1]) - 1] + 1}"
   stage, block = _stage_block(path[0])
   sub = "shortcut.0" if path[1] == "shortcut" else path[1]
   return f"layer{stage}.{block - 1}.{sub}"
@@ -145,6 +150,16 @@ def _exit_positions(chosen: Sequence[int], count: int) -> List[int]:
   return [i for i in range(count) if i in chosen]
 
 
+def _has_bottleneck_exits(model: nn.Module) -> bool:
+  return bool(getattr(model, "exits", False)) and getattr(model, "exit_type", None) == "bottleneck"
+
+
+def _is_fresh_module(model: nn.Module, path: Tuple[str, ...]) -> bool:
+  """Whether our module `path` has no PyTorch counterpart: a BYOT bottleneck exit's."""
+  return (_has_bottleneck_exits(model)
+          and re.fullmatch(r"exit\d+_(bottleneck|head)", path[0]) is not None)
+
+
 # Model class -> (naming rule, names of heads the authors' or torchvision's
 # checkpoints may hold that a model without them skips).
 def _family(model: nn.Module) -> Tuple[Callable[[Tuple[str, ...]], str], Tuple[str, ...]]:
@@ -174,10 +189,11 @@ class _Entry:
   """Where one leaf of ours comes from."""
   collection: str                          # 'params' or 'batch_stats'
   path: Tuple[str, ...]                    # our module names, then the leaf's
-  torch_key: str
+  torch_key: Optional[str]                 # None for a fresh leaf
   torch_shape: Tuple[int, ...]
   transpose: Optional[Tuple[int, ...]]     # PyTorch layout -> ours
   head: bool                               # the classifier or an exit head
+  fresh: bool = False                      # no PyTorch counterpart (BYOT's exits)
 
 
 def _entries(model: nn.Module) -> List[_Entry]:
@@ -192,6 +208,9 @@ def _entries(model: nn.Module) -> List[_Entry]:
     for key_path, leaf in jax.tree.flatten_with_path(shapes.get(collection, {}))[0]:
       path = tuple(k.key for k in key_path)
       module, name = path[:-1], path[-1]
+      if _is_fresh_module(model, module):
+        entries.append(_Entry(collection, path, None, tuple(leaf.shape), None, False, fresh=True))
+        continue
       prefix = name_of(module)
       head = module[-1] == "head" or module[-1].endswith("_head")
       shape = tuple(leaf.shape)
@@ -307,6 +326,7 @@ def _convert(model: nn.Module, state_dict: Dict[str, np.ndarray], entries: List[
              skip_heads: bool) -> Dict[str, Any]:
   """The variables from a read state dict; raises ValueError on any mismatch."""
   _, optional_heads = _family(model)
+  entries = [e for e in entries if not e.fresh]   # the caller keeps them
   expected = {e.torch_key: e for e in entries}
   head_modules = {e.torch_key.rsplit(".", 1)[0] for e in entries if e.head}
 
@@ -394,10 +414,19 @@ def load_pytorch_weights(model: Union[nn.Module, str],
 
   Raises:
     ValueError: naming every missing, unknown or mis-shaped key, with the
-      expected and found shapes (PyTorch layout).
+      expected and found shapes (PyTorch layout); or for a model with BYOT's
+      bottleneck exits, which no such checkpoint holds (build it without
+      exits, or use `merge_pytorch_weights`, which keeps them as
+      initialised).
     TypeError: for a model without a PyTorch naming rule, or bad `weights`.
   """
   model = _build(model, num_classes, model_options)
+  if _has_bottleneck_exits(model):
+    raise ValueError(
+        f"load_pytorch_weights: the {type(model).__name__} has bottleneck exits "
+        "(`exits=True, exit_type='bottleneck'`, BYOT's), which no PyTorch checkpoint of its family "
+        "holds. Load into the model built without exits, or initialise the model with exits and "
+        "use merge_pytorch_weights, which keeps the exits as initialised.")
   return _convert(model, read_pytorch_weights(weights), _entries(model), skip_heads=False)
 
 
@@ -410,7 +439,9 @@ def merge_pytorch_weights(variables: Mapping[str, Any],
   as strictly). The classifier and the exit heads come from `weights` too when
   their class count is the model's; otherwise (e.g. ImageNet weights for
   iNat's 10,000 classes) they keep their values in `variables`, i.e. are
-  re-initialised.
+  re-initialised. BYOT's bottleneck exits (`exit_type='bottleneck'`: their
+  bottlenecks and heads) have no PyTorch counterpart and always keep their
+  values in `variables`.
 
   Args:
     variables: `model.init(...)`'s {'params', 'batch_stats'}.
@@ -419,17 +450,19 @@ def merge_pytorch_weights(variables: Mapping[str, Any],
 
   Returns:
     (variables, kept): the merged variables (the input's leaf types for the
-    kept heads, NumPy arrays elsewhere) and the names of the heads kept from
-    `variables` (empty when the class counts agree).
+    kept modules, NumPy arrays elsewhere) and the sorted names of the
+    top-level modules kept from `variables`: the heads when the class counts
+    differ, and any bottleneck exits (empty otherwise).
   """
   model = _build(model, None, {})
   state_dict = read_pytorch_weights(weights)
   entries = _entries(model)
-  heads = sorted({e.path[0] for e in entries if e.head})
+  heads = {e.path[0] for e in entries if e.head}
+  fresh = {e.path[0] for e in entries if e.fresh}
   same_classes = all(
       e.torch_key in state_dict and tuple(state_dict[e.torch_key].shape) == e.torch_shape
       for e in entries if e.head)
   loaded = _convert(model, state_dict, entries, skip_heads=not same_classes)
   # Top-level modules are replaced whole: a head is either all loaded or all kept.
   merged = {c: {**variables.get(c, {}), **loaded[c]} for c in ("params", "batch_stats")}
-  return merged, (() if same_classes else tuple(heads))
+  return merged, tuple(sorted(fresh if same_classes else fresh | heads))

@@ -5,18 +5,21 @@ maxpool3x3/2, four stages of basic or bottleneck blocks with a conv1x1-BN
 projection shortcut where the shape changes, global average pool and one
 linear classifier, which also votes on the final 7x7 map. torchvision's
 initialisers: kaiming-normal fan-out convolutions, PyTorch-default classifier,
-optionally a zero scale on the last BN of each residual branch. Architecture
-only.
+optionally a zero scale on the last BN of each residual branch. With
+`exits=True` the model gets BYOT's bottleneck exits after stages 1, 2 and 3
+(`zipfls_jax.models.exits`), for training only; the Zipf authors' linear
+exits are defined for the CIFAR models alone. Architecture only.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from zipfls_jax.models import exits as exits_lib
 from zipfls_jax.models import initializers, layers
 from zipfls_jax.models.heads import linear_heads
 from zipfls_jax.models.outputs import ModelOutput
@@ -94,6 +97,13 @@ class ResNet(nn.Module):
     vote_upsample, dtype, bn_axis_name: as `CifarResNet`.
     zero_init_residual: zero scale on the last BN of every residual branch
       (torchvision's option), so each block starts as its shortcut.
+    exits: add BYOT's bottleneck exits on the outputs of `exit_stages`
+      (`zipfls_jax.models.exits`); their pooled bottleneck outputs come back
+      as `exit_features`. They only add modules: without them the model and
+      its parameters are torchvision's.
+    exit_type: 'bottleneck', the only kind a ResNet has ('linear' is refused).
+    exit_stages: 0-based stages feeding an exit, from 0..len(stage_sizes)-2;
+      None for all of them (stages 1, 2 and 3 of 4).
   """
   stage_sizes: Sequence[int]
   block_cls: Any
@@ -105,15 +115,24 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   zero_init_residual: bool = False
+  exits: bool = False
+  exit_type: str = "bottleneck"
+  exit_stages: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, votes: bool = False) -> ModelOutput:
     layers.check_images(images)
+    exits_lib.check_exit_options(type(self).__name__, exits=self.exits, exit_type=self.exit_type,
+                                 vote_exits=False, exit_types=("bottleneck",))
+    exit_stages = exits_lib.exit_stages_for(
+        self.exit_stages, exit_type=self.exit_type,
+        num_stages=len(self.stage_sizes)) if self.exits else ()
     conv = functools.partial(layers.conv, dtype=self.dtype, kernel_init=initializers.kaiming_normal_fan_out)
     norm = layers.batch_norm(train, dtype=self.dtype, axis_name=self.bn_axis_name)
 
     x = conv(self.base_features, 7, strides=2, name="conv1")(images)
     x = layers.max_pool_3x3_s2(nn.relu(norm(name="bn1")(x)))
+    exit_maps = []
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = self.block_cls(
@@ -121,6 +140,14 @@ class ResNet(nn.Module):
             conv=conv, norm=norm, groups=self.groups, width_per_group=self.width_per_group,
             zero_init_residual=self.zero_init_residual,
             name=f"stage{i + 1}_block{j + 1}")(x)
+      if i in exit_stages:
+        exit_maps.append((i, x))
+    if self.exits:
+      widths = [self.base_features * 2 ** i * self.block_cls.expansion
+                for i in range(len(self.stage_sizes))]
+      return exits_lib.bottleneck_heads(
+          x, exit_maps, stage_widths=widths, num_classes=self.num_classes,
+          vote_upsample=self.vote_upsample, votes=votes, norm=norm, dtype=self.dtype)
     return linear_heads(x, num_classes=self.num_classes, vote_upsample=self.vote_upsample,
                         votes=votes)
 
