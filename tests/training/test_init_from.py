@@ -72,8 +72,8 @@ def test_a_run_starts_from_the_file_and_says_what_it_reinitialised(weights_file,
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 1 and np.isfinite(summary["final_top1"])
   out = capsys.readouterr().out
-  assert (f"Initialised from {path}; re-initialised head (the file has none for the "
-          "dataset's 100 classes).") in out
+  assert (f"Initialised from {path}; head kept their fresh initialisation (the file has no "
+          "weights for them: heads of another class count than the dataset's 100") in out
 
 
 def test_a_missing_file_stops_the_run_before_anything_compiles(tmp_path):

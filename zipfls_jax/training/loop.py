@@ -320,8 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state, kept = init_from_pytorch(state, setup.model, setup.tx, config.init_from,
                                       sharding=repl)
       message = f"Initialised from {config.init_from}" + (
-          f"; re-initialised {', '.join(kept)} (the file has none for the dataset's "
-          f"{setup.num_classes} classes)." if kept else ".")
+          f"; {', '.join(kept)} kept their fresh initialisation (the file has no weights for "
+          f"them: heads of another class count than the dataset's {setup.num_classes}, or "
+          "exits PyTorch models lack)." if kept else ".")
       logging.info(message)
       if config.console:
         metrics_lib.console(message)

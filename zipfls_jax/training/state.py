@@ -87,13 +87,14 @@ def init_from_pytorch(state: TrainState,
   Runs on the host, outside `jit`: the file's arrays are placed with
   `sharding` (e.g. replicated over the mesh), never baked into a compiled
   program. The backbone must match exactly; the classifier and exit heads
-  keep their fresh initialisation when the file's class count differs
-  (`zipfls_jax.models.merge_pytorch_weights`), and the optimizer state is
+  keep their fresh initialisation when the file's class count differs, and
+  BYOT's bottleneck exits always do (PyTorch files have none;
+  `zipfls_jax.models.merge_pytorch_weights`). The optimizer state is
   initialised for the new parameters.
 
   Returns:
-    (state, heads kept from the fresh initialisation: empty when the class
-    counts agree).
+    (state, the modules kept from the fresh initialisation: empty when the
+    file has weights for every one).
   """
   from zipfls_jax import models  # pylint: disable=g-import-not-at-top
   fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
