@@ -11,7 +11,9 @@ machine's devices (data-parallel over all of them, as in training):
   final 7x7 map (the ImageNet / iNat recipe): the ratio is reported.
 
 Steps of the two objectives are timed alternately and the median of each
-is compared, so drifting machine load affects both alike.
+is compared, so drifting machine load affects both alike. The other
+methods' costs (step time, flops, memory, state) are
+`benchmarks/method_costs.py`'s.
 
   python -m benchmarks.step_overhead [--reps 5] [--resnet50_batch 8] [--only cifar]
 """
