@@ -14,6 +14,11 @@ Every evaluation also fitted a power law to the model's ranked predictions
 top-1, and `--zipf_plot` draws, per dataset and model, the last mean ranked
 curve of each run on log-log axes (the paper's CE vs Zipf's LS figure) and
 the exponent and R^2 across training.
+
+It also prints the paper's comparison of methods (TinyImageNet, CIFAR
+ResNet18): each method's published gain and stated cost beside ours when
+the runs exist, with the measured cost of each method's step relative to
+CE; `--comparison_plot` draws gain against cost, one point per method.
 """
 from __future__ import annotations
 
@@ -36,6 +41,10 @@ _ZIPF_PLOT = flags.DEFINE_string(
     "zipf_plot", None, "Where to write the ranked-prediction (Zipf's law) plots as a PNG "
     "(optional).")
 
+_COMPARISON_PLOT = flags.DEFINE_string(
+    "comparison_plot", None, "Where to write the comparison's gain-against-cost plot as a PNG "
+    "(optional).")
+
 # docs/method.md section 7: (dataset, model, method) -> (PyTorch, MegEngine) top-1 %.
 PAPER = {
     ("cifar100", "cifar_densenet121", "ce"): ("77.86 ± 0.26", "77.97 ± 0.18"),
@@ -46,16 +55,26 @@ PAPER = {
     ("cifar100", "cifar_resnet18", "zipf"): ("77.38 ± 0.32", "77.08 ± 0.28"),
     ("tiny_imagenet", "cifar_resnet18", "ce"): ("56.41 ± 0.20", "56.03 ± 0.34"),
     ("tiny_imagenet", "cifar_resnet18", "zipf"): ("59.25 ± 0.20", "59.01 ± 0.23"),
-    # The paper gives only the gain of LS over its 56.4 baseline here.
-    ("tiny_imagenet", "cifar_resnet18", "ls"): ("56.9 (+0.5)", "-"),
     ("i_naturalist2021", "resnet50", "zipf"): ("+3.61 over CE", "-"),
-    # The paper's comparison of methods: gains over the same 56.4 baseline.
-    ("tiny_imagenet", "cifar_resnet18", "tf_kd"): ("56.7 (+0.3)", "-"),
-    ("tiny_imagenet", "cifar_resnet18", "cs_kd"): ("58.4 (+2.0)", "-"),
-    ("tiny_imagenet", "cifar_resnet18", "ddgsd"): ("58.5 (+2.1)", "-"),
-    ("tiny_imagenet", "cifar_resnet18", "byot"): ("57.8 (+1.4)", "-"),
-    ("tiny_imagenet", "cifar_resnet18", "ps_kd"): ("58.4 (+2.0)", "-"),
 }
+
+# The paper's comparison of methods (docs/method.md section 7): ResNet18 on
+# TinyImageNet, each method's top-1 gain over the 56.4 baseline, and the
+# training cost the paper states (iterations, memory, relative to CE; None
+# where it states none). BAN is not in the trainer yet.
+COMPARISON_CELL = ("tiny_imagenet", "cifar_resnet18")
+PAPER_BASELINE_TOP1 = 56.4
+PAPER_GAINS = {"ls": 0.5, "tf_kd": 0.3, "byot": 1.4, "cs_kd": 2.0, "ps_kd": 2.0, "ddgsd": 2.1,
+               "ban": 2.2, "zipf": 2.8}
+PAPER_COSTS = {"ban": (2, 2), "cs_kd": (2, 1), "ddgsd": (2, 2), "zipf": (1, 1)}
+# What each method's train step costs relative to CE's, measured by
+# benchmarks/method_costs.py (CIFAR ResNet18, batch 128, 32x32, 100 classes;
+# benchmarks/RESULTS.md): (XLA flops, compiled memory, step time).
+MEASURED_COSTS: Dict[str, tuple] = {}
+for _method, _gain in PAPER_GAINS.items():
+  # The plain table shows the comparison's published numbers too.
+  PAPER.setdefault((*COMPARISON_CELL, _method),
+                   (f"{PAPER_BASELINE_TOP1 + _gain:.1f} (+{_gain})", "-"))
 
 DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "TinyImageNet",
                  "imagenet2012": "ImageNet", "i_naturalist2021": "iNat21 mini",
@@ -182,6 +201,81 @@ def markdown_table(runs: Sequence[Dict]) -> str:
     lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model} | {name} | "
                  f"{len(groups[key])} | {mean_std(groups[key])} | {paper[0]} | {paper[1]} |")
   return "\n".join(lines)
+
+
+def _comparison_top1(runs: Sequence[Dict]) -> Dict[str, List[float]]:
+  """Best top-1 of each plain method's runs on the comparison cell, by method."""
+  top1 = collections.defaultdict(list)
+  for run in runs:
+    dataset, model, method = run["key"]
+    if (dataset, model) == COMPARISON_CELL and method in METHOD_NAMES:
+      top1[method].append(run["best_top1"])
+  return top1
+
+
+def comparison_table(runs: Sequence[Dict]) -> str:
+  """The paper's comparison of methods beside ours, with what each costs.
+
+  One row per method, in the paper's order of gains: its published gain
+  over CE and stated cost, then ours from the runs found on the comparison
+  cell (TinyImageNet, CIFAR ResNet18; mean ± std of best top-1 over seeds,
+  and its gain over our CE runs' mean), and the measured cost of its step
+  relative to CE (`MEASURED_COSTS`).
+  """
+  top1 = _comparison_top1(runs)
+  ce = statistics.mean(top1["ce"]) if top1.get("ce") else None
+  lines = ["| method | paper gain | paper cost (iterations, memory) | our runs | our best top-1 % "
+           "| our gain | flops | memory | step time |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  methods = ["ce"] + sorted(PAPER_GAINS, key=PAPER_GAINS.get) + sorted(
+      m for m in METHOD_NAMES if m not in PAPER_GAINS and m != "ce")
+  for method in methods:
+    gain = "0 (56.4)" if method == "ce" else (
+        f"+{PAPER_GAINS[method]}" if method in PAPER_GAINS else "-")
+    stated = PAPER_COSTS.get(method)
+    stated = f"{stated[0]}x, {stated[1]}x" if stated else ("1x, 1x" if method == "ce" else "-")
+    ours = top1.get(method, [])
+    our_gain = (f"{statistics.mean(ours) - ce:+.2f}" if ours and ce is not None and method != "ce"
+                else "-")
+    costs = MEASURED_COSTS.get(method)
+    cost_cells = " | ".join(f"{c:.2f}x" for c in costs) if costs else "- | - | -"
+    name = METHOD_NAMES.get(method, "BAN" if method == "ban" else method)
+    lines.append(f"| {name} | {gain} | {stated} | {len(ours)} | "
+                 f"{mean_std(ours) if ours else '-'} | {our_gain} | {cost_cells} |")
+  return "\n".join(lines)
+
+
+def plot_comparison(runs: Sequence[Dict], path: str) -> None:
+  """Accuracy gain against training cost, one point per method.
+
+  Hollow markers: the paper's gains at the iterations it states (1x where
+  it states none). Filled: our measured step time relative to CE against
+  our gain over our CE runs, where runs of both exist.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  top1 = _comparison_top1(runs)
+  ce = statistics.mean(top1["ce"]) if top1.get("ce") else None
+  fig, ax = plt.subplots(figsize=(7, 5))
+  for index, (method, gain) in enumerate(sorted(PAPER_GAINS.items(), key=lambda kv: kv[1])):
+    colour = f"C{index}"
+    name = METHOD_NAMES.get(method, "BAN" if method == "ban" else method)
+    cost = PAPER_COSTS.get(method, (1, 1))[0]
+    ax.scatter([cost], [gain], facecolors="none", edgecolors=colour, s=70,
+               label=f"{name} (paper)")
+    if ce is not None and top1.get(method) and method in MEASURED_COSTS:
+      ax.scatter([MEASURED_COSTS[method][2]], [statistics.mean(top1[method]) - ce], color=colour,
+                 s=70, label=f"{name} (ours)")
+  ax.axhline(0.0, color="grey", linewidth=0.8)
+  ax.set_xlabel("training cost per step, relative to CE (paper: iterations; ours: step time)")
+  ax.set_ylabel("top-1 gain over CE (points)")
+  ax.set_title("TinyImageNet, CIFAR ResNet18: gain against cost")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def plot_curves(runs: Sequence[Dict], path: str) -> None:
@@ -311,11 +405,17 @@ def main(argv):
   if not runs:
     raise SystemExit(f"No finished evaluations found in {paths}.")
   print(markdown_table(runs))
+  print("\nThe paper's comparison of methods (TinyImageNet, CIFAR ResNet18), with each "
+        "method's cost relative to CE:\n")
+  print(comparison_table(runs))
   print("\nZipf's law of the ranked predictions, at each run's last evaluation:\n")
   print(zipf_table(runs))
   if _PLOT.value:
     plot_curves(runs, _PLOT.value)
     print(f"Curves written to {_PLOT.value}")
+  if _COMPARISON_PLOT.value:
+    plot_comparison(runs, _COMPARISON_PLOT.value)
+    print(f"Gain against cost written to {_COMPARISON_PLOT.value}")
   if _ZIPF_PLOT.value:
     plot_zipf_law(runs, _ZIPF_PLOT.value)
     print(f"Ranked-prediction plots written to {_ZIPF_PLOT.value}")

@@ -166,6 +166,28 @@ def test_results_sheet_table_and_plot(tmp_path):
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_comparison_sheet_puts_our_gains_beside_the_papers_and_plots_them(tmp_path):
+  cell = dict(dataset="tiny_imagenet", model="cifar_resnet18")
+  write_run(tmp_path, "ce0", method="ce", seed=0, top1s=[55.0, 56.0], **cell)
+  write_run(tmp_path, "ce1", method="ce", seed=1, top1s=[57.0], **cell)
+  write_run(tmp_path, "cs0", method="cs_kd", seed=0, top1s=[58.5], **cell)
+  write_run(tmp_path, "cs1", method="cs_kd", seed=1, top1s=[59.5], **cell)
+  # Another cell: not part of the comparison.
+  write_run(tmp_path, "other", method="cs_kd", seed=0, top1s=[90.0], dataset="cifar100",
+            model="cifar_resnet18")
+  runs = results_sheet.find_runs([str(tmp_path)])
+  rows = {line.split(" | ")[0][2:]: line.split(" | ")
+          for line in results_sheet.comparison_table(runs).splitlines()[2:]}
+  # CE: 56 and 57 -> 56.5; CS-KD: 58.5 and 59.5 -> 59.0, a gain of +2.50.
+  assert rows["CE"][1:6] == ["0 (56.4)", "1x, 1x", "2", "56.50 ± 0.71", "-"]
+  assert rows["CS-KD"][1:6] == ["+2.0", "2x, 1x", "2", "59.00 ± 0.71", "+2.50"]
+  assert rows["Zipf's LS"][1:5] == ["+2.8", "1x, 1x", "0", "-"]
+  assert set(rows) >= {"TF-KD", "LS", "BYOT", "PS-KD", "DDGSD", "BAN", "BAKE", "OLS"}
+  plot = tmp_path / "comparison.png"
+  results_sheet.plot_comparison(runs, str(plot))
+  assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_check_finite_state_refuses_a_nan_parameter():
   params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
   metrics.check_finite_state(params, step=4)
