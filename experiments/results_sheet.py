@@ -61,7 +61,7 @@ PAPER = {
 # The paper's comparison of methods (docs/method.md section 7): ResNet18 on
 # TinyImageNet, each method's top-1 gain over the 56.4 baseline, and the
 # training cost the paper states (iterations, memory, relative to CE; None
-# where it states none). BAN is not in the trainer yet.
+# where it states none).
 COMPARISON_CELL = ("tiny_imagenet", "cifar_resnet18")
 PAPER_BASELINE_TOP1 = 56.4
 PAPER_GAINS = {"ls": 0.5, "tf_kd": 0.3, "byot": 1.4, "cs_kd": 2.0, "ps_kd": 2.0, "ddgsd": 2.1,
@@ -81,7 +81,7 @@ DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "TinyImageNet",
                  "fashion_mnist": "Fashion-MNIST"}
 METHOD_NAMES = {"ce": "CE", "ls": "LS", "zipf": "Zipf's LS", "ls_zipf": "LS to Zipf",
                 "tf_kd": "TF-KD", "cs_kd": "CS-KD", "bake": "BAKE", "ddgsd": "DDGSD",
-                "byot": "BYOT", "ols": "OLS", "ps_kd": "PS-KD"}
+                "byot": "BYOT", "ols": "OLS", "ps_kd": "PS-KD", "ban": "BAN"}
 
 
 def method_label(config: Dict) -> str:
@@ -239,7 +239,7 @@ def comparison_table(runs: Sequence[Dict]) -> str:
                 else "-")
     costs = MEASURED_COSTS.get(method)
     cost_cells = " | ".join(f"{c:.2f}x" for c in costs) if costs else "- | - | -"
-    name = METHOD_NAMES.get(method, "BAN" if method == "ban" else method)
+    name = METHOD_NAMES.get(method, method)
     lines.append(f"| {name} | {gain} | {stated} | {len(ours)} | "
                  f"{mean_std(ours) if ours else '-'} | {our_gain} | {cost_cells} |")
   return "\n".join(lines)
@@ -260,7 +260,7 @@ def plot_comparison(runs: Sequence[Dict], path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 5))
   for index, (method, gain) in enumerate(sorted(PAPER_GAINS.items(), key=lambda kv: kv[1])):
     colour = f"C{index}"
-    name = METHOD_NAMES.get(method, "BAN" if method == "ban" else method)
+    name = METHOD_NAMES.get(method, method)
     cost = PAPER_COSTS.get(method, (1, 1))[0]
     ax.scatter([cost], [gain], facecolors="none", edgecolors=colour, s=70,
                label=f"{name} (paper)")

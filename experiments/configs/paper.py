@@ -38,7 +38,7 @@ DATASET_RECIPES = {
 PAPER_METHODS = ("ce", "ls", "zipf")
 # The comparison with the other label-smoothing and self-distillation methods
 # (docs/method.md section 4) adds these (zipfls_jax.training.methods).
-BASELINES = ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd")
+BASELINES = ("tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd", "ban")
 METHODS = PAPER_METHODS + BASELINES
 # Models whose published runs voted on the final map unresized whatever the
 # dataset's resize: the authors' CIFAR_DenseNet121 drops their `upsample`
@@ -99,8 +99,9 @@ def comparison_runs() -> List[str]:
   cells = [("tiny_imagenet", "cifar_resnet18"), ("cifar100", "cifar_resnet18"),
            ("cifar100", "cifar_densenet121"), ("tiny_imagenet", "cifar_densenet121"),
            ("i_naturalist2021", "resnet50")]
+  # BAN needs a trained teacher: `...,ban --config.teacher.workdir=<the CE run>`.
   return [f"{dataset},{model},{method}" for dataset, model in cells for method in BASELINES
-          if method != "byot" or model in _BYOT_MODELS]
+          if method != "ban" and (method != "byot" or model in _BYOT_MODELS)]
 
 
 def method_settings(dataset: str, model: str, method: str) -> dict:

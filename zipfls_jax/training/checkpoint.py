@@ -301,6 +301,12 @@ def check_workdir(workdir: str) -> None:
                           "give a --workdir this user can write to.") from None
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether the workdir holds a saved step (a numbered folder in checkpoints/); cheap."""
+  folder = epath.Path(workdir) / CHECKPOINTS_DIR
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def read_workdir_config(workdir: str) -> Optional[Dict[str, Any]]:
   """The workdir's config.json as a dict, or None if it has none.
 

@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict({
       key: ml_collections.config_dict.placeholder(float) if value is None else value
       for key, value in methods_lib.default_loss_config().items()})
+  # The frozen teacher of loss.method='ban' (knowledge distillation): a finished
+  # run's workdir of the same dataset; its latest checkpoint is loaded once and
+  # kept in the student's checkpoints.
+  c.teacher = ml_collections.ConfigDict({"workdir": ""})
   # Optimisation: SGD, momentum 0.9, no Nesterov, weight decay on all params.
   c.batch_size = 128           # global, over all devices and hosts.
   c.num_epochs = 200.0

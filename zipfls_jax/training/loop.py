@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Iterable
+from typing import Any, Dict, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,7 @@ class RunSetup:
   steps_per_epoch: int
   total_steps: int
   eval_every_steps: int
+  teacher: Optional["RunSetup"] = None   # the teacher run's setup (method 'ban')
 
   def init_state(self, rng: jax.Array) -> TrainState:
     """A fresh train state of this run (jittable, `eval_shape`-able)."""
@@ -101,12 +102,75 @@ def build_setup(config: ml_collections.ConfigDict, *, num_train_examples: int) -
                               nesterov=config.nesterov, weight_decay=config.weight_decay)
   eval_every_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
   method = method.for_run(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  image_shape = (image_size, image_size, spec.channels)
+  teacher = _teacher_setup(config, method, num_train_examples=num_train_examples)
+  if teacher is not None:
+    variables = jax.eval_shape(
+        lambda: teacher.eval_model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
+                                        train=False))
+    method = method.with_teacher(teacher.eval_model, {
+        "params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
   return RunSetup(model=model, eval_model=eval_model, tx=tx, learning_rate_fn=learning_rate_fn,
                   method=method, num_classes=spec.num_classes,
-                  num_train_examples=num_train_examples,
-                  image_shape=(image_size, image_size, spec.channels),
+                  num_train_examples=num_train_examples, image_shape=image_shape,
                   steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                  eval_every_steps=eval_every_steps)
+                  eval_every_steps=eval_every_steps, teacher=teacher)
+
+
+def _teacher_setup(config: ml_collections.ConfigDict, method: methods_lib.Method, *,
+                   num_train_examples: int) -> Optional[RunSetup]:
+  """The setup of `config.teacher.workdir`'s run, checked against this run; None without.
+
+  Cheap: reads the teacher's config.json and lists its checkpoints. A teacher
+  trained by 'ban' builds its own teacher's setup in turn (only configs are
+  read), since its checkpoints hold that teacher too.
+  """
+  workdir = config.teacher.workdir
+  if not isinstance(method, methods_lib.BAN):
+    if workdir:
+      raise ValueError(f"config.teacher.workdir={workdir!r} is set, but "
+                       f"config.loss.method={method.name!r} has no teacher; use "
+                       "config.loss.method='ban' or leave config.teacher.workdir empty.")
+    return None
+  if not workdir:
+    raise ValueError("config.loss.method='ban' distils a trained teacher: set "
+                     "config.teacher.workdir to that run's workdir.")
+  saved = checkpoint_lib.read_workdir_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"config.teacher.workdir: {workdir!r} holds no run (no "
+                            f"{checkpoint_lib.CONFIG_FILE}).")
+  teacher_config = config_lib.base_config()
+  teacher_config.update(saved)
+  if teacher_config.dataset != config.dataset:
+    raise ValueError(f"config.teacher.workdir: the teacher was trained on "
+                     f"{teacher_config.dataset!r}, this run trains on {config.dataset!r}; a "
+                     "teacher must know the same classes.")
+  if not checkpoint_lib.has_checkpoint(workdir):
+    raise FileNotFoundError(f"config.teacher.workdir: {workdir!r} has no checkpoint yet; "
+                            "train the teacher first.")
+  teacher = build_setup(teacher_config, num_train_examples=num_train_examples)
+  from zipfls_jax import data  # pylint: disable=g-import-not-at-top
+  classes = data.get_dataset_spec(config.dataset).num_classes
+  if teacher.num_classes != classes:
+    raise ValueError(f"config.teacher.workdir: the teacher has {teacher.num_classes} classes, "
+                     f"this run's {config.dataset!r} has {classes}.")
+  return teacher
+
+
+def load_teacher(setup: RunSetup, workdir: str, sharding) -> Dict[str, Any]:
+  """The teacher's {'params', 'batch_stats'} from its latest checkpoint, placed with `sharding`."""
+  teacher = setup.teacher
+  checkpoints = checkpoint_lib.Checkpoints(
+      os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR), every_steps=1)
+  try:
+    restored = checkpoints.restore(
+        checkpoint_lib.abstract_state(teacher.init_state, jax.random.key(0), sharding))
+  finally:
+    checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"config.teacher.workdir: no checkpoint of {workdir!r} restores.")
+  _, state, _ = restored
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class _SigtermFlag:
@@ -316,6 +380,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                               "initialisation", times, enabled=config.console)
     state = initialise(rng)
     start_step = 0
+    if setup.teacher is not None:
+      state = state.replace(method_state=dict(
+          state.method_state, teacher=load_teacher(setup, config.teacher.workdir, repl)))
+      if config.console:
+        metrics_lib.console(f"Distilling the teacher {config.teacher.workdir} "
+                            f"({type(setup.teacher.model).__name__}).")
     if config.init_from:
       state, kept = init_from_pytorch(state, setup.model, setup.tx, config.init_from,
                                       sharding=repl)

@@ -429,3 +429,29 @@ def test_ps_kd_bfloat16_store_moves_targets_by_at_most_its_rounding():
   method = methods.PSKD()
   assert method.init_state(100, 50_000)["store"].dtype == jnp.bfloat16
   assert method.init_state(100, 50_000)["store"].nbytes == 50_000 * 100 * 2   # 10 MB
+
+
+def test_ban_distils_its_frozen_teacher_as_numpy_says():
+  # Teacher: the same network with other weights, in eval mode.
+  model = TinyNet()
+  student, teacher = init_params(model, seed=0), init_params(model, seed=1)
+  shapes = jax.eval_shape(lambda: teacher)
+  method = methods.BAN(temperature=2.0, weight=0.7).with_teacher(model, shapes)
+  batch = make_batch()
+
+  @jax.jit
+  def loss_and_grad(variables, teacher_variables, batch):
+    def loss_fn(params, teacher_variables):
+      forward = methods.Forward(model, params, {}, jax.random.key(0))
+      return method.loss(forward, batch, {"teacher": teacher_variables}).loss
+    return jax.value_and_grad(loss_fn, argnums=(0, 1))(variables["params"], teacher_variables)
+
+  loss, (_, teacher_grad) = loss_and_grad(student, teacher, batch)
+  z, *_ = numpy_forward(student["params"], batch["image"])
+  t, *_ = numpy_forward(teacher["params"], batch["image"])
+  expected = (ce(z, batch["label"]).mean() + 0.7 * 4.0 * kl(
+      special.softmax(t / 2.0, axis=-1), log_softmax(z / 2.0)).mean())
+  np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+  assert all(np.all(g == 0) for g in jax.tree.leaves(teacher_grad))  # frozen
+  with pytest.raises(ValueError, match=r"config\.teacher\.workdir"):
+    methods.BAN().init_state(C)

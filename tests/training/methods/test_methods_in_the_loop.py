@@ -97,3 +97,32 @@ def test_ols_resumes_from_a_checkpoint_with_its_class_matrix_mid_epoch(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, _state_at(straight, 5, config),
                _state_at(resumed, 5, config))
   assert train_records(resumed) == train_records(straight)
+
+
+def test_ban_trains_from_a_frozen_teacher_of_another_architecture(tmp_path):
+  teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+  teacher_config = config_for("ce", steps=2)
+  teacher_config.model = "cifar_densenet_tiny"
+  teacher_config.vote_upsample = 0
+  student_config = config_for("ban", steps=2)
+  student_config.teacher.workdir = str(teacher_dir)
+  with pytest.raises(FileNotFoundError, match=r"config\.teacher\.workdir: .* holds no run"):
+    loop.build_setup(student_config, num_train_examples=24)
+  assert not os.path.exists(student_dir)
+  with mock():
+    loop.train_and_evaluate(teacher_config, str(teacher_dir))
+    summary = loop.train_and_evaluate(student_config, str(student_dir))
+  assert summary["step"] == 2
+  for r in train_records(student_dir):
+    assert np.isfinite(r["train_ban"]) and r["train_ban"] > 0
+  # The teacher the student kept is the teacher's last checkpoint, bit for bit.
+  teacher_state = _state_at(teacher_dir, 2, teacher_config)
+  kept = _state_at(student_dir, 2, student_config).method_state["teacher"]
+  jax.tree.map(np.testing.assert_array_equal, kept["params"], teacher_state.params)
+  jax.tree.map(np.testing.assert_array_equal, kept["batch_stats"], teacher_state.batch_stats)
+  # A teacher of another dataset is refused, naming both.
+  other = checkpoint_lib.read_workdir_config(str(teacher_dir)) | {"dataset": "fashion_mnist"}
+  (teacher_dir / "config.json").write_text(json.dumps(other))
+  with pytest.raises(ValueError, match=r"trained on 'fashion_mnist', this run trains on "
+                                       r"'cifar100'"):
+    loop.build_setup(student_config, num_train_examples=24)

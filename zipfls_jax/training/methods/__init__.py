@@ -11,7 +11,9 @@ data and the model, and computes its loss from one or more forward passes.
   block `config.loss.<name>` (e.g. `config.loss.cs_kd.temperature`);
 * 'ols' and 'ps_kd', which carry state across epochs in the train state
   (OLS a class matrix, with no hyperparameters: its block is empty; PS-KD
-  every example's last prediction).
+  every example's last prediction);
+* 'ban', knowledge distillation from a frozen teacher run named by
+  `config.teacher.workdir` (born-again networks when it is the same model).
 
 Adding a method: one module here with a `Method` subclass, and its entry
 in `METHODS`. The comparison and every method's formula are in
@@ -25,6 +27,7 @@ from zipfls_jax.training.methods import base
 from zipfls_jax.training.methods.base import (DataNeeds, Forward, Method, MethodOutput,
                                               ModelNeeds, global_mean)
 from zipfls_jax.training.methods.bake import BAKE
+from zipfls_jax.training.methods.ban import BAN
 from zipfls_jax.training.methods.byot import BYOT
 from zipfls_jax.training.methods.cs_kd import CSKD
 from zipfls_jax.training.methods.ddgsd import DDGSD
@@ -34,7 +37,7 @@ from zipfls_jax.training.methods.ps_kd import PSKD
 from zipfls_jax.training.methods.tf_kd import TFKD
 
 # Methods whose hyperparameters live in a block `config.loss.<block>`.
-BLOCK_METHODS = (TFKD, CSKD, BAKE, DDGSD, BYOT, OLS, PSKD)
+BLOCK_METHODS = (TFKD, CSKD, BAKE, DDGSD, BYOT, OLS, PSKD, BAN)
 METHODS: Dict[str, type] = {
     **{name: Objective for name in ("ce", "ls", "zipf", "ls_zipf")},
     **{cls.name: cls for cls in BLOCK_METHODS},
@@ -90,7 +93,7 @@ def from_config(loss_config: Mapping[str, Any]) -> Method:
 
 
 __all__ = [
-    "BAKE", "BLOCK_METHODS", "BYOT", "CSKD", "DDGSD", "DataNeeds", "Forward", "METHODS", "OLS",
+    "BAKE", "BAN", "BLOCK_METHODS", "BYOT", "CSKD", "DDGSD", "DataNeeds", "Forward", "METHODS", "OLS",
     "METHOD_NAMES", "Method", "MethodOutput", "ModelNeeds", "Objective", "PSKD", "TFKD",
     "compute_loss", "default_loss_config", "from_config", "global_mean",
 ]

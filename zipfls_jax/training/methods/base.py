@@ -222,7 +222,7 @@ class Method:
   def from_block(cls, block: Mapping[str, Any]) -> "Method":
     """Builds from the method's config block, naming any unknown key or bad value."""
     values = plain_dict(block)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(cls.default_block())
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"Unknown key(s) in config.loss.{cls.block}: {unknown}; expected a "
@@ -236,7 +236,9 @@ class Method:
 
   @classmethod
   def default_block(cls) -> Dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    """The config keys and defaults (fields with metadata config=False are not keys)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.metadata.get("config", True)}
 
 
 def check_weight(name: str, value) -> None:
