@@ -7,12 +7,14 @@ jitted train step (forward passes, loss, backward, SGD) is compiled on this
 machine's devices. Printed per method, each relative to CE:
 
 * forward passes per step and images through the network per step (CS-KD
-  runs its anchors and friends as two half-batch passes; DDGSD two views);
+  runs its anchors and friends as two half-batch passes; DDGSD two views;
+  BAN's teacher, here the same model, one pass in evaluation mode);
 * XLA's flop count of the compiled step (`cost_analysis`), exact;
 * the compiled step's memory (`memory_analysis`: arguments + outputs +
   temporaries, a donated buffer counted once), exact;
 * the extra state the method keeps: parameters beyond the plain model's
-  (BYOT's exits) and its method state (OLS's matrices, PS-KD's store), in
+  (BYOT's exits) and its method state (OLS's matrices, PS-KD's store, BAN's
+  teacher: a whole model, so only at the benchmarked model's size), in
   bytes, at CIFAR-100 scale (50,000 x 100) and at ImageNet scale
   (1,281,167 x 1,000; computed from shapes, nothing allocated);
 * the measured step time, as a ratio to CE's taken in one run: steps of
@@ -25,6 +27,7 @@ machine's devices. Printed per method, each relative to CE:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
@@ -40,7 +43,7 @@ import numpy as np
 from experiments.configs import paper
 from zipfls_jax.training import loop, methods, parallel
 
-METHODS = ("ce", "ls", "zipf", "tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd")
+METHODS = ("ce", "ls", "zipf", "tf_kd", "cs_kd", "bake", "ddgsd", "byot", "ols", "ps_kd", "ban")
 CIFAR_SCALE = (100, 50_000)
 IMAGENET_SCALE = (1000, 1_281_167)
 
@@ -79,8 +82,18 @@ def method_state_bytes(method, scale) -> int:
 
 
 def build(method, args, mesh, rng):
-  config = make_config(method, args.model, args.image_size, args.batch)
-  setup = loop.build_setup(config, num_train_examples=CIFAR_SCALE[1])
+  if method == "ban":
+    # Born-again: a teacher of the same model (its weights do not change the cost).
+    setup = loop.build_setup(make_config("ce", args.model, args.image_size, args.batch),
+                             num_train_examples=CIFAR_SCALE[1])
+    shapes = jax.eval_shape(setup.eval_model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, args.image_size, args.image_size, 3),
+                                                 np.float32), train=False)
+    setup = dataclasses.replace(setup, method=methods.BAN().with_teacher(setup.eval_model, {
+        "params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}))
+  else:
+    config = make_config(method, args.model, args.image_size, args.batch)
+    setup = loop.build_setup(config, num_train_examples=CIFAR_SCALE[1])
   repl = parallel.replicated(mesh)
   state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.key(0))
   step = parallel.compile_train_step(setup.model, setup.tx, setup.method, mesh,
@@ -100,19 +113,23 @@ def build(method, args, mesh, rng):
                   ) if memory is not None else float("nan")
   plain = loop.build_setup(make_config("ce", args.model, args.image_size, args.batch),
                            num_train_examples=CIFAR_SCALE[1])
+  passes = setup.method.forward_passes + (method == "ban")  # the teacher's forward
   params_bytes = tree_bytes(jax.eval_shape(setup.init_state, jax.random.key(0)).params)
   plain_bytes = tree_bytes(jax.eval_shape(plain.init_state, jax.random.key(0)).params)
-  passes = setup.method.forward_passes
   images = args.batch * (2 if method == "ddgsd" else 1)
   row = {"passes": passes, "images": images, "flops": float(cost.get("flops", float("nan"))),
          "memory": float(memory_bytes), "extra_params": params_bytes - plain_bytes,
          "state_cifar": method_state_bytes(setup.method, CIFAR_SCALE),
-         "state_imagenet": method_state_bytes(setup.method, IMAGENET_SCALE),
+         # BAN's teacher is a whole model of the run's own size: no ImageNet figure.
+         "state_imagenet": (None if method == "ban"
+                            else method_state_bytes(setup.method, IMAGENET_SCALE)),
          "compile_s": compile_s}
   return [compiled, state, batch], row
 
 
 def megabytes(n) -> str:
+  if n is None:
+    return "-"
   return f"{n / 1e6:,.1f} MB" if n else "0"
 
 
