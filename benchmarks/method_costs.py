@@ -86,9 +86,9 @@ def build(method, args, mesh, rng):
     # Born-again: a teacher of the same model (its weights do not change the cost).
     setup = loop.build_setup(make_config("ce", args.model, args.image_size, args.batch),
                              num_train_examples=CIFAR_SCALE[1])
-    shapes = jax.eval_shape(setup.eval_model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, args.image_size, args.image_size, 3),
-                                                 np.float32), train=False)
+    shapes = jax.eval_shape(lambda: setup.eval_model.init(
+        jax.random.key(0), np.zeros((1, args.image_size, args.image_size, 3), np.float32),
+        train=False))
     setup = dataclasses.replace(setup, method=methods.BAN().with_teacher(setup.eval_model, {
         "params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}))
   else:
