@@ -116,7 +116,7 @@ def build(method, args, mesh, rng):
   passes = setup.method.forward_passes + (method == "ban")  # the teacher's forward
   params_bytes = tree_bytes(jax.eval_shape(setup.init_state, jax.random.key(0)).params)
   plain_bytes = tree_bytes(jax.eval_shape(plain.init_state, jax.random.key(0)).params)
-  images = args.batch * (2 if method == "ddgsd" else 1)
+  images = args.batch * (2 if method in ("ddgsd", "ban") else 1)
   row = {"passes": passes, "images": images, "flops": float(cost.get("flops", float("nan"))),
          "memory": float(memory_bytes), "extra_params": params_bytes - plain_bytes,
          "state_cifar": method_state_bytes(setup.method, CIFAR_SCALE),
