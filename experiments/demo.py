@@ -106,6 +106,9 @@ def main(argv):
     # Before any training, not after the first method's run.
     raise app.UsageError(f"--methods has unknown {unknown}; expected a subset of "
                          f"{list(results_sheet.METHOD_NAMES)}.")
+  if "ban" in methods and ("ce" not in methods or methods.index("ce") > methods.index("ban")):
+    raise app.UsageError("--methods: 'ban' distils the demo's CE run; list 'ce' before it, "
+                         "e.g. --methods=ce,zipf,ban.")
   logging.set_verbosity(logging.ERROR)  # our own lines only, not the libraries'
   start = time.perf_counter()
   workdir = os.path.abspath(_WORKDIR.value)
@@ -123,6 +126,8 @@ def main(argv):
   totals = {}
   for index, method in enumerate(methods):
     config = fashion_mnist_demo.get_config(method)
+    if method == "ban":
+      config.teacher.workdir = os.path.join(workdir, "ce")  # born again from the CE run
     config.data_dir = _DATA_DIR.value
     if _STEPS.value > 0:
       config.num_train_steps = _STEPS.value
