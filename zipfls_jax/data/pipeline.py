@@ -6,7 +6,11 @@ and yields its share of the global batch as NumPy arrays, for
 
 * training: infinite, shuffled deterministically from `seed`, augmented
   with stateless per-example seeds (so the stream is a pure function of the
-  seed and the process), last partial batch of each pass dropped;
+  seed and the process), last partial batch of each pass dropped. For the
+  self-distillation methods, `friends=k` orders it with the class-paired
+  sampler instead (groups of k + 1 same-class rows, read by index from host
+  memory or from array_record files, each row with its 'index'), and
+  `views=2` adds a second augmentation of each example as 'image2';
 * evaluation: one exact pass over the whole split. Every process yields the
   same number of batches; rows past its shard are padding with `mask`
   False, so `sum(mask)` over all processes and batches is the split size

@@ -26,15 +26,16 @@ an example by its index (an in-memory split, a tfds data source):
   computed from s alone, so resuming at step s gives exactly the batches
   an uninterrupted run sees.
 
-Plugging it into a tf.data pipeline (`labels` being the split's labels in
-tfds order, `images` an indexable store of the same examples)::
+`pipeline.train_dataset(..., friends=k)` (and `create_train_iterator`) is
+the pipeline built on it: it reads this process's part of the labels, asks
+`batch_indices(step)` for each step, reads those examples by index (from
+host memory or tfds's array_record source) and augments them with seeds
+from the stream position. Any other reader works the same way
+(`labels` being the split's labels in tfds order)::
 
     sampler = ClassPairedSampler(labels, global_batch_size=128, friends=1, seed=0)
-    order = tf.data.Dataset.from_generator(
-        lambda: sampler.batches(start_step),
-        output_signature=tf.TensorSpec([sampler.local_batch_size], tf.int64))
-    ds = order.unbatch().map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
-    ds = ds.batch(sampler.local_batch_size)   # then augment as usual
+    for indices in sampler.batches(start_step):
+      batch = read_by_index(indices)   # rows 2i, 2i + 1 share a class
 
 The example index travels with each row, which is also the stable index
 PS-KD's per-example store needs. This module does not read data; it must
