@@ -69,7 +69,7 @@ def test_groups_share_a_label_and_an_epoch_visits_each_example_once(
     epoch = _batches(fashion_data_dir, PART // 16, process_index=process, friends=friends)
     index = np.concatenate([b["index"] for b in epoch])
     label = np.concatenate([b["label"] for b in epoch])
-    assert all(b["index"].dtype == np.int64 and b["label"].dtype == np.int32 for b in epoch)
+    assert all(b["index"].dtype == np.int32 and b["label"].dtype == np.int32 for b in epoch)
     # This process's epoch: its own contiguous half, every example once.
     start = process * PART
     np.testing.assert_array_equal(np.sort(index), np.arange(start, start + PART))
@@ -205,6 +205,10 @@ def test_every_dataset_gives_pairs_and_two_views_under_mock_data(name):
                                        views=2)
     batches = [next(train) for _ in range(2)]
     train.close()
+    plain = data.create_train_iterator(name, global_batch_size=16, seed=0, views=2,
+                                       with_index=True)
+    batches.append(next(plain))
+    plain.close()
   for batch in batches:
     assert set(batch) == {"image", "image2", "label", "index"}
     for key in ("image", "image2"):
@@ -257,3 +261,33 @@ def test_a_live_class_paired_iterator_does_not_hang_the_exit(fashion_data_dir):
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=300, check=True, cwd=root)
   assert "(16,)" in out.stdout
+
+
+def test_with_index_names_the_plain_stream_examples_without_changing_them(
+    fashion_data_dir, split):
+  images, labels = split
+  plain = _batches(fashion_data_dir, 4, process_index=1, seed=8)
+  indexed = _batches(fashion_data_dir, 4, process_index=1, seed=8, with_index=True)
+  for x, y in zip(plain, indexed):
+    assert set(y) == {"image", "label", "index"} and y["index"].dtype == np.int32
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+    np.testing.assert_array_equal(y["label"], labels[y["index"]])
+  for row in range(0, 16, 4):
+    assert _is_augmentation_of(indexed[0]["image"][row], images[indexed[0]["index"][row]])
+  # Process 1's pass is its half of the split, each example once.
+  first_pass = np.concatenate([b["index"] for b in indexed[:3]])
+  np.testing.assert_array_equal(np.sort(first_pass), np.arange(PART, 2 * PART))
+
+
+def test_with_index_counts_positions_within_a_sliced_or_joined_split(fashion_data_dir, split):
+  _, train_labels = split
+  builder = tfds.builder("fashion_mnist", data_dir=fashion_data_dir)
+  test_labels = np.array([e["label"] for e in tfds.as_numpy(
+      builder.as_dataset(split="test[:8]", shuffle_files=False))])
+  # Positions 0-7: train examples 88-95; positions 8-15: test examples 0-7.
+  expected = np.concatenate([train_labels[88:], test_labels])
+  (batch,) = _batches(fashion_data_dir, 1, process_index=0, process_count=1,
+                      global_batch_size=16, split="train[88:]+test[:8]", with_index=True)
+  np.testing.assert_array_equal(np.sort(batch["index"]), np.arange(16))
+  np.testing.assert_array_equal(batch["label"], expected[batch["index"]])

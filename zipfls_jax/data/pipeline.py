@@ -102,8 +102,14 @@ def resolve_split(spec: specs.DatasetSpec, split: str) -> str:
 
 
 def _read(name, builder, split, *, spec, shuffle_files: bool = False,
-          seed: int = 0):
-  """(image, label) pairs of `split`; JPEG sets keep the encoded bytes."""
+          seed: int = 0, position_fn=None):
+  """(image, label) pairs of `split`; JPEG sets keep the encoded bytes.
+
+  With `position_fn` (see `_tfds_id_positions`), (image, label, index)
+  triples: tfds tags each record with its file and record number, which
+  `position_fn` turns into the example's position. The records and their
+  order are the same either way.
+  """
   decoders = {"image": tfds.decode.SkipDecoding()} if spec.jpeg else None
   try:
     ds = builder.as_dataset(
@@ -112,16 +118,66 @@ def _read(name, builder, split, *, spec, shuffle_files: bool = False,
         decoders=tfds.decode.PartialDecoding(
             {"image": True, "label": True}, decoders=decoders
         ),
-        read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True),
+        read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True,
+                                    add_tfds_id=position_fn is not None),
     )
   except AssertionError:  # tfds's "could not find data" check.
     if not builder.is_prepared():
       raise sources.missing_data_error(name, builder.data_dir_root) from None
     raise
+  if position_fn is not None:
+    return ds.map(
+        lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32),
+                    position_fn(ex["tfds_id"])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
   return ds.map(
       lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)),
       num_parallel_calls=tf.data.AUTOTUNE,
   )
+
+
+def _tfds_id_positions(builder, split: str):
+  """A function: a record's `tfds_id` -> its position in `split`, int32.
+
+  A tfds_id is '<shard file>__<record number in that file>'; `split`'s file
+  instructions say where each shard's records start in the split.
+  """
+  try:
+    instructions = builder.info.splits[split].file_instructions
+  except (KeyError, ValueError, TypeError):
+    instructions = None   # split sizes unknown: tfds's mock_data
+  if not instructions:
+    # mock_data numbers the records of its one fake file from 0.
+    return lambda tfds_id: tf.strings.to_number(
+        tf.strings.regex_replace(tfds_id, r"^.*__", ""), tf.int32)
+  files, shifts, start = [], [], 0
+  for instruction in instructions:
+    files.append(os.path.basename(instruction.filename))
+    shifts.append(start - instruction.skip)
+    start += instruction.take
+  if len(set(files)) != len(files):
+    raise ValueError(
+        f"split {split!r} reads some shard files twice, so an example's"
+        " position in it is ambiguous; with_index needs a split that reads"
+        " each example once.")
+  missing = -(2**31)
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(files), tf.constant(shifts, tf.int64)),
+      default_value=missing)
+
+  def position(tfds_id):
+    file = tf.strings.regex_replace(
+        tf.strings.regex_replace(tfds_id, r"__[0-9]+$", ""), r"^.*/", "")
+    record = tf.strings.to_number(
+        tf.strings.regex_replace(tfds_id, r"^.*__", ""), tf.int64)
+    shift = table.lookup(file)
+    tf.debugging.assert_greater(shift, tf.constant(missing, tf.int64),
+                                message="a record from a file outside the split")
+    return tf.cast(shift + record, tf.int32)
+
+  return position
 
 
 def _options() -> tf.data.Options:
@@ -260,6 +316,7 @@ def train_dataset(
     start_step: int = 0,
     friends: int = 0,
     views: int = 1,
+    with_index: bool = False,
 ) -> tf.data.Dataset:
   """This process's infinite stream of training batches, as a tf.data.Dataset.
 
@@ -276,7 +333,7 @@ def train_dataset(
   `friends` > 0 (CS-KD, BAKE) orders the examples with a
   `ClassPairedSampler`: rows come in consecutive groups of `friends + 1`
   examples of one class, every example of this process's part once per
-  epoch, and batches also carry 'index': int64 (B,), each example's
+  epoch, and batches also carry 'index': int32 (B,), each example's
   position in the split (the same on every epoch, process and resume).
   This needs random access by index: datasets whose spec has `cache`
   (CIFAR-100, Tiny ImageNet, Fashion-MNIST) read this process's part into
@@ -289,6 +346,10 @@ def train_dataset(
   independent augmentation of the same example (its own stateless seed
   derived from the first view's); 'image' is then exactly the `views=1`
   image.
+
+  `with_index=True` adds 'index' to the plain stream too (PS-KD's
+  per-example store), from the record ids tfds reads along; the examples,
+  their order and their images stay those of `with_index=False`.
 
   Raises:
     ValueError / TypeError: bad arguments (a batch that does not split into
@@ -305,6 +366,9 @@ def train_dataset(
   start_step = _check_non_negative_int("start_step", start_step)
   friends = _check_non_negative_int("friends", friends)
   views = _check_views(views)
+  if not isinstance(with_index, bool):
+    raise TypeError(
+        f"with_index must be a bool, got {type(with_index).__name__}.")
   augment = _augment_fn(spec, size, seed, process_index, process_count, views)
   split = resolve_split(spec, split)
   if friends:
@@ -321,7 +385,9 @@ def train_dataset(
     # Different processes shuffle differently; all are fixed by `seed`.
     stream_seed = (int(seed) * 1_000_003 + process_index) % (2**31 - 1)
     ds = _read(name, builder, subsplit, spec=spec, shuffle_files=True,
-               seed=stream_seed)
+               seed=stream_seed,
+               position_fn=_tfds_id_positions(builder, split) if with_index
+               else None)
     if spec.cache:
       ds = ds.cache()
     ds = ds.shuffle(spec.shuffle_buffer, seed=stream_seed,
@@ -470,13 +536,13 @@ def _class_paired_stream(name, builder, spec, split, *, seed, friends,
   def read_step(step):
     indices = sampler.batch_indices(int(step))
     return (part.fetch(indices), part.labels[indices - sampler.start],
-            indices.astype(np.int64))
+            indices.astype(np.int32))
 
   def read(step):
     # A stateless Python call per step (not a generator, whose live
     # iterators TensorFlow cannot always finalise at interpreter exit).
     image, label, index = tf.numpy_function(
-        read_step, [step], (part.image_signature.dtype, tf.int32, tf.int64),
+        read_step, [step], (part.image_signature.dtype, tf.int32, tf.int32),
         stateful=False)
     image.set_shape(part.image_signature.shape)
     label.set_shape([local_batch])
@@ -564,14 +630,16 @@ def create_train_iterator(
     start_step: int = 0,
     friends: int = 0,
     views: int = 1,
+    with_index: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this process's training batches (NumPy dicts).
 
   See `train_dataset`; each dict is {'image': float32 (B, S, S, C)
   normalised, 'label': int32 (B,)} with B = global_batch_size //
-  jax.process_count(), plus 'index': int64 (B,) when `friends` > 0 (rows in
-  groups of `friends + 1` of one class) and 'image2' when `views=2` (a
-  second augmentation of each example). `start_step` resumes the stream at
+  jax.process_count(), plus 'index': int32 (B,), the example's position in
+  the split, when `friends` > 0 (rows in groups of `friends + 1` of one
+  class) or `with_index`, and 'image2' when `views=2` (a second
+  augmentation of each example). `start_step` resumes the stream at
   that batch.
 
   Raises:
@@ -584,6 +652,7 @@ def create_train_iterator(
       name, global_batch_size=global_batch_size, seed=seed,
       data_dir=data_dir, image_size=image_size, split=split,
       start_step=start_step, friends=friends, views=views,
+      with_index=with_index,
   )
   return _TrainIterator(ds)
 
