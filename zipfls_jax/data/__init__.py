@@ -8,7 +8,8 @@
 The train stream also serves the self-distillation methods:
 `friends=k` orders it with `ClassPairedSampler` (CS-KD, BAKE: groups of
 k + 1 same-class rows, plus each row's 'index'), `views=2` adds 'image2', a
-second augmentation of each example (DDGSD). Random access for `friends`
+second augmentation of each example (DDGSD), and `with_index=True` adds
+'index' to the plain stream (PS-KD). Random access for `friends`
 comes from host memory for the small datasets and from tfds's array_record
 files for ImageNet and iNat21 (`prepare_dataset(..., file_format=
 'array_record')`).

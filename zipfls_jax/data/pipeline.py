@@ -420,6 +420,10 @@ def _in_memory_part(name, builder, spec, split, process_index,
   split_size = _shard_sizes(name, builder, spec, split, 1)[0]
   start, stop = samplers.process_part(split_size, process_index,
                                       process_count)
+  if stop == start:
+    raise ValueError(
+        f"Split {split!r} has {split_size} examples: none for process"
+        f" {process_index} of {process_count}.")
   subsplit = tfds.split_for_jax_process(
       split, process_index=process_index, process_count=process_count)
   ds = _read(name, builder, subsplit, spec=spec, shuffle_files=False)
