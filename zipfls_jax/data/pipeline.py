@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import threading
 from typing import Any, Iterable, Iterator, NamedTuple
 import weakref
 
@@ -537,8 +538,11 @@ def _class_paired_stream(name, builder, spec, split, *, seed, friends,
       split_size=part.split_size)
   local_batch = sampler.local_batch_size
 
+  lock = threading.Lock()   # the sampler's epoch cache, if two iterators run
+
   def read_step(step):
-    indices = sampler.batch_indices(int(step))
+    with lock:
+      indices = sampler.batch_indices(int(step))
     return (part.fetch(indices), part.labels[indices - sampler.start],
             indices.astype(np.int32))
 
@@ -553,8 +557,7 @@ def _class_paired_stream(name, builder, spec, split, *, seed, friends,
     index.set_shape([local_batch])
     return tf.data.Dataset.from_tensor_slices((image, label, index))
 
-  # Steps one at a time: the sampler caches epoch orders, it is not
-  # thread-safe, and each step's read is already one batched access.
+  # Steps one at a time: each step's read is already one batched access.
   steps = tf.data.Dataset.counter(start_step)
   examples = steps.flat_map(read)
   positions = tf.data.Dataset.counter(start_step * local_batch)
