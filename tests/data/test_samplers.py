@@ -139,3 +139,19 @@ def test_plugs_into_a_tf_data_pipeline():
     np.testing.assert_array_equal(batch["index"], sampler.batch_indices(step))
     np.testing.assert_array_equal(batch["image"][:, 0], batch["index"])
     np.testing.assert_array_equal(batch["label"], labels[batch["index"]])
+
+
+def test_a_process_part_of_the_labels_gives_the_same_order():
+  labels = _labels([14, 9, 21, 12], seed=15)
+  for p in range(3):
+    whole = ClassPairedSampler(labels, global_batch_size=6, friends=1, seed=16,
+                               process_index=p, process_count=3)
+    part = ClassPairedSampler(labels[whole.start:whole.stop], global_batch_size=6, friends=1,
+                              seed=16, process_index=p, process_count=3,
+                              split_size=len(labels))
+    assert (part.start, part.stop) == (whole.start, whole.stop)
+    for step in (0, 5, 11):
+      np.testing.assert_array_equal(part.batch_indices(step), whole.batch_indices(step))
+  with pytest.raises(ValueError, match="this process's part of the split \\(19 examples"):
+    ClassPairedSampler(labels, global_batch_size=6, seed=16, process_index=0, process_count=3,
+                       split_size=len(labels))

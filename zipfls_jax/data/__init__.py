@@ -5,6 +5,15 @@
     for batch in create_eval_iterator('cifar100', global_batch_size=128):
       ...  # batch['image'], batch['label'], batch['mask']
 
+The train stream also serves the self-distillation methods:
+`friends=k` orders it with `ClassPairedSampler` (CS-KD, BAKE: groups of
+k + 1 same-class rows, plus each row's 'index'), `views=2` adds 'image2', a
+second augmentation of each example (DDGSD), and `with_index=True` adds
+'index' to the plain stream (PS-KD). Random access for `friends`
+comes from host memory for the small datasets and from tfds's array_record
+files for ImageNet and iNat21 (`prepare_dataset(..., file_format=
+'array_record')`).
+
 Datasets must be prepared first: `prepare_dataset(name, data_dir=...)` or
 `python -m zipfls_jax.data.prepare --dataset=NAME --data_dir=DIR`
 (Fashion-MNIST works offline too; `prepare_fashion_mnist(data_dir)` adds

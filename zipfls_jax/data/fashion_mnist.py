@@ -117,7 +117,8 @@ def _local_idx_files(idx_dir, manual_dir):
   return None
 
 
-def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
+def prepare_fashion_mnist(data_dir=None, *, idx_dir=None,
+                          file_format=None) -> epath.Path:
   """Makes tfds's `fashion_mnist` readable from `data_dir`; idempotent.
 
   Args:
@@ -125,6 +126,8 @@ def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
       `~/tensorflow_datasets`).
     idx_dir: a folder with the four IDX files (gzipped or not), searched
       before the Debian folder and the tfds manual dir.
+    file_format: tfds's record format, e.g. 'array_record' (None: tfds's
+      default, tfrecord). A copy prepared in another format is refused.
 
   Returns:
     The prepared dataset's folder, `<data_dir>/fashion_mnist/3.0.1`.
@@ -134,6 +137,8 @@ def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
   """
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)
   if builder.is_prepared():
+    from zipfls_jax.data import sources  # pylint: disable=g-import-not-at-top
+    sources.check_prepared_format("fashion_mnist", builder, file_format)
     return builder.data_path
   data_dir = os.fspath(builder.data_dir_root)
   manual_dir = os.path.join(data_dir, "downloads", "manual")
@@ -147,7 +152,7 @@ def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
     probe = tfds_mnist.FashionMNIST.URL + IDX_FILES["test"][1] + ".gz"
     if network.can_reach(probe):
       tensorflow_setup.progress_bars_on_terminals_only()
-      builder.download_and_prepare()
+      builder.download_and_prepare(file_format=file_format)
       return builder.data_path
   if idx_files is None:
     raise FileNotFoundError(
@@ -168,5 +173,5 @@ def prepare_fashion_mnist(data_dir=None, *, idx_dir=None) -> epath.Path:
     )
   local = _IdxFashionMNIST(idx_files=idx_files, data_dir=data_dir)
   tensorflow_setup.progress_bars_on_terminals_only()
-  local.download_and_prepare()
+  local.download_and_prepare(file_format=file_format)
   return local.data_path

@@ -4,7 +4,7 @@
         lists every dataset, whether it is prepared in DIR, and the files to
         place (and where) for each;
     python -m zipfls_jax.data.prepare --dataset=tiny_imagenet --data_dir=DIR
-        prepares one.
+        prepares one (--file_format=array_record for random access).
 
 Wraps `zipfls_jax.data.prepare_dataset` and `how_to_prepare`; only an
 entry point. For fashion_mnist, `--manual_dir` may name a folder with the
@@ -23,6 +23,12 @@ _DATASET = flags.DEFINE_enum(
     "Dataset to prepare; without it, list the datasets and what each needs."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir (default: tfds's).")
+_FILE_FORMAT = flags.DEFINE_enum(
+    "file_format", None, ["tfrecord", "array_record"],
+    "tfds record format (default: tfds's, tfrecord); array_record gives the"
+    " random access the class-paired train stream (friends > 0) needs for"
+    " imagenet2012 and i_naturalist2021."
+)
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder with manual downloads, or with the IDX files"
     " for fashion_mnist (default: <data_dir>/downloads/manual)."
@@ -54,7 +60,8 @@ def main(argv):
     return
   from zipfls_jax import data  # pylint: disable=g-import-not-at-top
   path = data.prepare_dataset(
-      _DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value
+      _DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
+      file_format=_FILE_FORMAT.value,
   )
   print(f"{_DATASET.value} ready in {path}")
 

@@ -26,15 +26,16 @@ an example by its index (an in-memory split, a tfds data source):
   computed from s alone, so resuming at step s gives exactly the batches
   an uninterrupted run sees.
 
-Plugging it into a tf.data pipeline (`labels` being the split's labels in
-tfds order, `images` an indexable store of the same examples)::
+`pipeline.train_dataset(..., friends=k)` (and `create_train_iterator`) is
+the pipeline built on it: it reads this process's part of the labels, asks
+`batch_indices(step)` for each step, reads those examples by index (from
+host memory or tfds's array_record source) and augments them with seeds
+from the stream position. Any other reader works the same way
+(`labels` being the split's labels in tfds order)::
 
     sampler = ClassPairedSampler(labels, global_batch_size=128, friends=1, seed=0)
-    order = tf.data.Dataset.from_generator(
-        lambda: sampler.batches(start_step),
-        output_signature=tf.TensorSpec([sampler.local_batch_size], tf.int64))
-    ds = order.unbatch().map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
-    ds = ds.batch(sampler.local_batch_size)   # then augment as usual
+    for indices in sampler.batches(start_step):
+      batch = read_by_index(indices)   # rows 2i, 2i + 1 share a class
 
 The example index travels with each row, which is also the stable index
 PS-KD's per-example store needs. This module does not read data; it must
@@ -81,7 +82,10 @@ class ClassPairedSampler:
   """This process's infinite, class-grouped order of a split's example indices.
 
   Args:
-    labels: (N,) int labels of the whole split, in the reader's order.
+    labels: (N,) int labels of the whole split, in the reader's order; or,
+      when `split_size` is given, only this process's part of them (the
+      `process_part` of a split of `split_size` examples), which is all a
+      process needs and all a per-process reader reads.
     global_batch_size: examples per step over all processes.
     friends: same-class examples that follow each anchor: groups have
       `friends + 1` examples (1 for CS-KD and BAKE on TinyImageNet and
@@ -89,6 +93,8 @@ class ClassPairedSampler:
     seed: the run's seed; the order is a pure function of it.
     process_index, process_count: this process and the number of
       processes; default to JAX's.
+    split_size: the number of examples of the whole split when `labels`
+      holds only this process's part; None when `labels` is the whole split.
 
   Attributes:
     group_size: friends + 1.
@@ -102,7 +108,8 @@ class ClassPairedSampler:
   """
 
   def __init__(self, labels, *, global_batch_size: int, friends: int = 1, seed: int = 0,
-               process_index: Optional[int] = None, process_count: Optional[int] = None):
+               process_index: Optional[int] = None, process_count: Optional[int] = None,
+               split_size: Optional[int] = None):
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
       raise TypeError(f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and "
@@ -128,12 +135,22 @@ class ClassPairedSampler:
           f"The per-process batch {self.local_batch_size} (global_batch_size "
           f"{global_batch_size} / {self.process_count} processes) must be a multiple of "
           f"friends + 1 = {self.group_size}, so that every batch holds whole groups.")
-    self.start, self.stop = process_part(labels.size, self.process_index, self.process_count)
+    if split_size is None:
+      self.start, self.stop = process_part(labels.size, self.process_index, self.process_count)
+      local = labels[self.start:self.stop]
+    else:
+      split_size = check_int("split_size", split_size, 0)
+      self.start, self.stop = process_part(split_size, self.process_index, self.process_count)
+      if labels.size != self.stop - self.start:
+        raise ValueError(
+            f"`labels` must hold this process's part of the split ({self.stop - self.start} "
+            f"examples: process {self.process_index} of {self.process_count}, split_size "
+            f"{split_size}), got {labels.size}.")
+      local = labels
     self.num_examples = self.stop - self.start
     if self.num_examples < self.group_size:
       raise ValueError(f"This process's part has {self.num_examples} examples, fewer than a "
                        f"group (friends + 1 = {self.group_size}).")
-    local = labels[self.start:self.stop]
     # Examples of this part sorted by class (stable), and each class's span.
     self._by_class = np.argsort(local, kind="stable")
     _, self._class_sizes = np.unique(local, return_counts=True)

@@ -116,17 +116,41 @@ def _has_manual_files(name: str, manual_dir: str) -> bool:
   return False
 
 
-def prepare_dataset(name: str, *, data_dir=None, manual_dir=None) -> epath.Path:
+def check_prepared_format(name: str, builder, file_format) -> None:
+  """Refuses a prepared copy that lacks the `file_format` asked for (None: any)."""
+  if file_format is None:
+    return
+  wanted = tfds.core.FileFormat.from_value(file_format)
+  if wanted not in builder.info.available_file_formats():
+    raise ValueError(
+        f"file_format={wanted.value!r}: dataset {name!r} is already prepared in"
+        f" {os.fspath(builder.data_path)} as"
+        f" {sorted(f.value for f in builder.info.available_file_formats())}."
+        " Prepare it in another data_dir, or add that format to this copy"
+        " with tfds's `tfds convert_format"
+        f" --dataset_version_dir={os.fspath(builder.data_path)}"
+        f" --out_file_format={wanted.value}`."
+    )
+
+
+def prepare_dataset(name: str, *, data_dir=None, manual_dir=None,
+                    file_format=None) -> epath.Path:
   """Prepares dataset `name` in `data_dir` (idempotent) and returns its path.
 
   Reads manual files when they are in `manual_dir` (default
   `<data_dir>/downloads/manual`); downloads only when the source answers
-  within seconds. Otherwise raises the `missing_data_error`.
+  within seconds. Otherwise raises the `missing_data_error`. `file_format`
+  is tfds's record format (None: tfds's default, tfrecord); 'array_record'
+  gives random access by index, which the class-paired train stream
+  (`friends` > 0) needs for datasets not held in memory (ImageNet,
+  iNaturalist). A copy already prepared in another format is refused.
   """
   if name == "fashion_mnist":
-    return fashion_mnist.prepare_fashion_mnist(data_dir, idx_dir=manual_dir)
+    return fashion_mnist.prepare_fashion_mnist(
+        data_dir, idx_dir=manual_dir, file_format=file_format)
   builder = get_builder(name, data_dir)
   if builder.is_prepared():
+    check_prepared_format(name, builder, file_format)
     return builder.data_path
   manual_dir = manual_dir or default_manual_dir(builder)
   if not _has_manual_files(name, manual_dir) and (
@@ -135,6 +159,7 @@ def prepare_dataset(name: str, *, data_dir=None, manual_dir=None) -> epath.Path:
     raise missing_data_error(name, data_dir)
   tensorflow_setup.progress_bars_on_terminals_only()
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+      file_format=file_format,
   )
   return builder.data_path
