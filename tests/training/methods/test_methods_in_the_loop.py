@@ -20,10 +20,10 @@ from zipfls_jax.training import checkpoint as checkpoint_lib
 from zipfls_jax.training import loop, parallel
 
 
-def config_for(method, *, steps=3, batch_norm="sync"):
+def config_for(method, *, steps=3, batch_norm="sync", batch_size=16):
   config = paper.recipe("cifar100", "cifar_resnet_tiny", method)
   config.image_size = 8
-  config.batch_size = 16
+  config.batch_size = batch_size
   config.eval_batch_size = 16
   config.num_train_steps = steps
   config.steps_per_epoch = 3
@@ -56,7 +56,9 @@ def train_records(workdir):
     ("ps_kd", "sync", "train_ce"),
 ])
 def test_each_method_trains_and_evaluates_on_mock_data(tmp_path, method, batch_norm, extra):
-  config = config_for(method, batch_norm=batch_norm)
+  # 32 images: each of the 8 devices gets whole groups (BAKE's are of 4 on
+  # CIFAR-100) and, for CS-KD, two anchors for its BatchNorm statistics.
+  config = config_for(method, batch_norm=batch_norm, batch_size=32)
   with mock():
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 3 and not summary["preempted"]
