@@ -80,17 +80,22 @@ def _state_at(workdir, step, config):
   return jax.device_get(restored[1])
 
 
-def test_ols_resumes_from_a_checkpoint_with_its_class_matrix_mid_epoch(tmp_path):
-  # Epochs of 3 steps; checkpoints at 2, 4, 5. Resuming from step 2 (its
-  # accumulator holds two steps of the first epoch) must end where the
-  # uninterrupted run ends, matrix included.
-  config = config_for("ols", steps=5)
+@pytest.mark.parametrize("method", ["ols", "ps_kd"])
+def test_a_stateful_method_resumes_mid_epoch_to_the_uninterrupted_state(tmp_path, method):
+  # Epochs of 3 steps; checkpoints at 2, 4, 5. Resuming from step 2 (OLS's
+  # accumulator holds two steps of the first epoch; PS-KD's store the
+  # predictions of those steps) must end where the uninterrupted run ends,
+  # the method's state included.
+  config = config_for(method, steps=5)
   config.max_checkpoints_to_keep = 3
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   with mock():
     loop.train_and_evaluate(config, str(straight))
   final = _state_at(straight, 5, config).method_state
-  assert final.counts.sum() > 0 and final.matrix.sum() > 0   # a real matrix, counts going
+  if method == "ols":
+    assert final.counts.sum() > 0 and final.matrix.sum() > 0   # a real matrix, counts going
+  else:
+    assert int(final["epoch"]) == 1 and np.asarray(final["store"]).any(axis=1).sum() > 0
   shutil.copytree(straight, resumed)
   for step in ("4", "5"):
     shutil.rmtree(resumed / "checkpoints" / step)
