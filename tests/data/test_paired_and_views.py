@@ -185,6 +185,13 @@ def test_random_access_source_gives_the_in_memory_stream(
   for needle in ("friends > 0", "array_record", "tfds convert_format",
                  "--file_format=array_record", fashion_data_dir, "friends=0"):
     assert needle in message, needle
+  # The training loop's check before it writes anything says the same, and
+  # passes array_record data and the plain stream.
+  with pytest.raises(ValueError) as early:
+    pipeline.check_random_access("fashion_mnist", friends=1, data_dir=fashion_data_dir)
+  assert str(early.value) == message
+  pipeline.check_random_access("fashion_mnist", friends=1, data_dir=array_record_dir)
+  pipeline.check_random_access("fashion_mnist", friends=0, data_dir=fashion_data_dir)
 
 
 def test_preparing_in_another_format_is_refused(fashion_data_dir):

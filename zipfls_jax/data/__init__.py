@@ -50,6 +50,7 @@ _LAZY = {
     "prepare_dataset": "sources",
     "prepare_fashion_mnist": "fashion_mnist",
     "ClassPairedSampler": "samplers",
+    "check_random_access": "pipeline",
 }
 
 

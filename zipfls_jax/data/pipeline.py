@@ -471,6 +471,26 @@ def _random_access_error(name, builder) -> ValueError:
   )
 
 
+def check_random_access(name: str, *, friends: int, data_dir=None) -> None:
+  """Raises what `friends` > 0 would raise for this dataset's data, reading none of it.
+
+  The training loop calls it before it writes anything, so that a dataset
+  prepared without random access (no array_record files) stops the run
+  before its workdir exists.
+  """
+  if not friends:
+    return
+  spec = specs.get_dataset_spec(name)
+  if spec.cache:
+    return
+  builder = sources.get_builder(name, data_dir)
+  if not builder.is_prepared():
+    raise sources.missing_data_error(name, builder.data_dir_root)
+  formats = {f.value for f in builder.info.available_file_formats()}
+  if "array_record" not in formats:
+    raise _random_access_error(name, builder)
+
+
 def _records(source, keys):
   """The records of `keys` in one batched read."""
   try:

@@ -367,6 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  needs=needs))
   jax.eval_shape(eval_step, abstract,
                  _abstract_batch(mesh, config.eval_batch_size, setup.image_shape, mask=True))
+  # A class-paired stream needs random access to the data: checked now, not
+  # when the stream starts after the workdir is written.
+  data.check_random_access(config.dataset, friends=needs.friends, data_dir=data_dir)
   checkpoint_lib.check_workdir(workdir)
   checkpoint_lib.check_workdir_config(workdir, config.to_dict(), ignore=config_lib.RESUMABLE_KEYS)
 
