@@ -9,7 +9,9 @@ Fashion-MNIST in DATA_DIR, and the tiny config of test_loop.py with
 batch waits 0.2 s, so that the test can signal the processes mid-run.
 Prints one line `SUMMARY {json}` with the loop's summary and the example
 count of every evaluation. With THEN_WORKDIR, the same processes go on to
-a run in it that does not end by itself (for the test to kill one of them).
+the same run in it, with 1 s per batch, for the test to kill one of them
+after its first step, long before the run could end (the same config, so
+its programs come from the cache).
 CACHE_DIR is a JAX compilation cache shared by every process of the test,
 so that only the first pair compiles each program.
 """
@@ -38,8 +40,6 @@ import zipfls_jax.data as data  # noqa: E402
 from tests.training.test_loop import tiny_config  # noqa: E402
 from zipfls_jax.training import loop  # noqa: E402
 
-ENDLESS_STEPS = 10_000
-
 
 def config_for(steps, data_dir):
   config = tiny_config("fashion_mnist", "cifar_resnet_tiny", steps=int(steps))
@@ -51,7 +51,7 @@ def config_for(steps, data_dir):
   return config
 
 
-def run(workdir, port, process_id, steps, data_dir):
+def run(workdir, port, process_id, steps, data_dir, seconds_per_batch=0.2):
   config = config_for(steps, data_dir)
   config.distributed = True
   config.coordinator_address = f"localhost:{port}"
@@ -72,7 +72,7 @@ def run(workdir, port, process_id, steps, data_dir):
 
   def slow_iterator(*args, **kwargs):
     for batch in create(*args, **kwargs):
-      time.sleep(0.2)
+      time.sleep(seconds_per_batch)
       yield batch
 
   loop.evaluate = counting_evaluate
@@ -89,7 +89,7 @@ def main(workdir, port, process_id, steps, data_dir, cache_dir, then_workdir=Non
   del cache_dir  # read before JAX started
   run(workdir, port, process_id, steps, data_dir)
   if then_workdir is not None:
-    run(then_workdir, port, process_id, ENDLESS_STEPS, data_dir)
+    run(then_workdir, port, process_id, steps, data_dir, seconds_per_batch=1.0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ uninterrupted one; a SIGKILL of one process makes the other exit with an
 error instead of hanging. Every wait has a timeout, so CI cannot hang.
 
 Three pairs of processes, which share one JAX compilation cache: the
-uninterrupted pair goes on to a run that does not end, in which one of its
+uninterrupted pair goes on to a second, slow run, in which one of its
 processes is killed; the preempted pair; and the pair that resumes it.
 """
 import json
@@ -44,7 +44,7 @@ def _free_port():
 
 
 def _launch(workdir, data_dir, cache_dir, then_workdir=None):
-  """A pair of processes training STEPS steps in `workdir`, then in `then_workdir` without end."""
+  """A pair of processes training STEPS steps in `workdir`, then slowly in `then_workdir`."""
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
   then = [] if then_workdir is None else [str(then_workdir)]
@@ -121,13 +121,14 @@ def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
   started = time.monotonic()
   straight, resumed, killed = tmp_path / "straight", tmp_path / "resumed", tmp_path / "killed"
   cache = tmp_path / "jax_cache"
-  # An uninterrupted pair (which then trains in `killed` until one of its
-  # processes is killed), and a pair that gets SIGTERM mid-run.
-  straight_procs = _launch(straight, small_fashion, cache, then_workdir=killed)
+  # A pair that gets SIGTERM mid-run; once it has compiled the steps, an
+  # uninterrupted pair (which then trains in `killed` until one of its
+  # processes is killed) starts and loads them from the cache.
   preempted_procs = _launch(resumed, small_fashion, cache)
   _wait_for_first_record(resumed, preempted_procs)
   for proc in preempted_procs:
     proc.send_signal(signal.SIGTERM)
+  straight_procs = _launch(straight, small_fashion, cache, then_workdir=killed)
   codes, first, outputs = _finish(preempted_procs)
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert first[0]["preempted"] and first[1]["preempted"], first
@@ -135,8 +136,8 @@ def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
   assert first[1]["step"] == stop and 1 <= stop < STEPS
   assert (resumed / "checkpoints" / str(stop)).is_dir()
 
-  # The preempted pair resumes; meanwhile one process of the first pair,
-  # now in its endless run, is killed, and the other must fail rather than
+  # The preempted pair resumes; meanwhile one process of the uninterrupted
+  # pair, now in its slow run, is killed, and the other must fail rather than
   # wait forever.
   resume_procs = _launch(resumed, small_fashion, cache)
   _wait_for_first_record(killed, straight_procs)
