@@ -17,9 +17,34 @@ jax.config.update("jax_disable_most_optimizations", True)
 # A program compiled again in the same session (the train step of each run
 # of the loop tests, of a resumed run, of each test of one model) is loaded
 # from JAX's compilation cache instead of compiled anew. A fresh folder per
-# process, so every session still compiles each program once.
-_CACHE_DIR = tempfile.mkdtemp(prefix="zipfls_jax_test_cache_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+# session, so every session still compiles each program once.
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _use_fresh_cache_dir():
+  cache_dir = tempfile.mkdtemp(prefix="zipfls_jax_test_cache_")
+  atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+
+
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+  _use_fresh_cache_dir()
+
+
+def pytest_configure(config):
+  # The workers of one `pytest -n N` run share one cache, in the run's base
+  # temporary folder (the parent of each worker's, which pytest removes a
+  # few runs later), so that a program two workers need (a module fixture
+  # runs once per worker; tests of one model land on both) is compiled
+  # once. JAX writes each entry once; an entry read while another worker
+  # writes it fails to load and is compiled again, with a warning.
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    return
+  if not config.option.basetemp:
+    _use_fresh_cache_dir()
+    return
+  run_temp = os.path.dirname(os.path.abspath(config.option.basetemp))
+  cache_dir = os.path.join(run_temp, "jax_compilation_cache")
+  os.makedirs(cache_dir, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)

@@ -1,13 +1,19 @@
 """One process of the two-process runs in test_multiprocess.py (not a test).
 
-    python -m tests.training.multiprocess_worker WORKDIR PORT PROCESS_ID STEPS DATA_DIR
+    python -m tests.training.multiprocess_worker WORKDIR PORT PROCESS_ID STEPS DATA_DIR \
+        CACHE_DIR [THEN_WORKDIR]
 
 Two fake CPU devices, CPU collectives over gloo, the small local
 Fashion-MNIST in DATA_DIR, and the tiny config of test_loop.py with
 `config.distributed=True`. Each train
 batch waits 0.2 s, so that the test can signal the processes mid-run.
 Prints one line `SUMMARY {json}` with the loop's summary and the example
-count of every evaluation.
+count of every evaluation. With THEN_WORKDIR, the same processes go on to
+the same run in it, with 1 s per batch, for the test to kill one of them
+after its first step, long before the run could end (the same config, so
+its programs come from the cache).
+CACHE_DIR is a JAX compilation cache shared by every process of the test,
+so that only the first pair compiles each program.
 """
 import json
 import os
@@ -24,6 +30,11 @@ if __name__ == "__main__":
   jax.config.update("jax_num_cpu_devices", 2)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_disable_most_optimizations", True)
+  # JAX writes cache entries from process 0 only; a damaged entry (two
+  # writers at once) is compiled again, with a warning.
+  jax.config.update("jax_compilation_cache_dir", sys.argv[6])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import zipfls_jax.data as data  # noqa: E402
 from tests.training.test_loop import tiny_config  # noqa: E402
@@ -40,7 +51,7 @@ def config_for(steps, data_dir):
   return config
 
 
-def main(workdir, port, process_id, steps, data_dir):
+def run(workdir, port, process_id, steps, data_dir, seconds_per_batch=0.2):
   config = config_for(steps, data_dir)
   config.distributed = True
   config.coordinator_address = f"localhost:{port}"
@@ -61,13 +72,24 @@ def main(workdir, port, process_id, steps, data_dir):
 
   def slow_iterator(*args, **kwargs):
     for batch in create(*args, **kwargs):
-      time.sleep(0.2)
+      time.sleep(seconds_per_batch)
       yield batch
 
   loop.evaluate = counting_evaluate
   data.create_train_iterator = slow_iterator
-  summary = loop.train_and_evaluate(config, workdir)
+  try:
+    summary = loop.train_and_evaluate(config, workdir)
+  finally:
+    loop.evaluate = evaluate
+    data.create_train_iterator = create
   print("SUMMARY " + json.dumps(dict(summary, eval_counts=counts)), flush=True)
+
+
+def main(workdir, port, process_id, steps, data_dir, cache_dir, then_workdir=None):
+  del cache_dir  # read before JAX started
+  run(workdir, port, process_id, steps, data_dir)
+  if then_workdir is not None:
+    run(then_workdir, port, process_id, steps, data_dir, seconds_per_batch=1.0)
 
 
 if __name__ == "__main__":

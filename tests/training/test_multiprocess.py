@@ -5,6 +5,10 @@ example once and agrees with one process; SIGTERM to both makes both save
 at the same step and stop, and the resumed run ends bit-equal to an
 uninterrupted one; a SIGKILL of one process makes the other exit with an
 error instead of hanging. Every wait has a timeout, so CI cannot hang.
+
+Three pairs of processes, which share one JAX compilation cache: the
+uninterrupted pair goes on to a second, slow run, in which one of its
+processes is killed; the preempted pair; and the pair that resumes it.
 """
 import json
 import os
@@ -39,12 +43,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, data_dir, steps=STEPS):
+def _launch(workdir, data_dir, cache_dir, then_workdir=None):
+  """A pair of processes training STEPS steps in `workdir`, then slowly in `then_workdir`."""
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  then = [] if then_workdir is None else [str(then_workdir)]
   return [subprocess.Popen(
       [sys.executable, "-m", "tests.training.multiprocess_worker", str(workdir), str(port),
-       str(index), str(steps), data_dir],
+       str(index), str(STEPS), data_dir, str(cache_dir), *then],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for index in (0, 1)]
 
@@ -114,12 +120,15 @@ def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
     tmp_path, small_fashion):
   started = time.monotonic()
   straight, resumed, killed = tmp_path / "straight", tmp_path / "resumed", tmp_path / "killed"
-  # Phase 1: an uninterrupted pair, and a pair that gets SIGTERM mid-run.
-  straight_procs = _launch(straight, small_fashion)
-  preempted_procs = _launch(resumed, small_fashion)
+  cache = tmp_path / "jax_cache"
+  # A pair that gets SIGTERM mid-run; once it has compiled the steps, an
+  # uninterrupted pair (which then trains in `killed` until one of its
+  # processes is killed) starts and loads them from the cache.
+  preempted_procs = _launch(resumed, small_fashion, cache)
   _wait_for_first_record(resumed, preempted_procs)
   for proc in preempted_procs:
     proc.send_signal(signal.SIGTERM)
+  straight_procs = _launch(straight, small_fashion, cache, then_workdir=killed)
   codes, first, outputs = _finish(preempted_procs)
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert first[0]["preempted"] and first[1]["preempted"], first
@@ -127,20 +136,22 @@ def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
   assert first[1]["step"] == stop and 1 <= stop < STEPS
   assert (resumed / "checkpoints" / str(stop)).is_dir()
 
-  # Phase 2: the preempted pair resumes; meanwhile one process of a third
-  # pair is killed, and the other must fail rather than wait forever.
-  resume_procs = _launch(resumed, small_fashion)
-  kill_procs = _launch(killed, small_fashion, steps=10_000)
-  _wait_for_first_record(killed, kill_procs)
-  kill_procs[1].send_signal(signal.SIGKILL)
+  # The preempted pair resumes; meanwhile one process of the uninterrupted
+  # pair, now in its slow run, is killed, and the other must fail rather than
+  # wait forever.
+  resume_procs = _launch(resumed, small_fashion, cache)
+  _wait_for_first_record(killed, straight_procs)
+  straight_procs[1].send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
-  kill_codes, _, kill_outputs = _finish(kill_procs)
+  kill_codes, whole, kill_outputs = _finish(straight_procs)
   survivor_exit_s = time.monotonic() - killed_at
   assert kill_codes[0] != 0, kill_outputs[0][-3000:]
+  # Both finished the uninterrupted run before (its summary comes at its end).
+  assert None not in whole, kill_outputs[0][-3000:] + kill_outputs[1][-3000:]
+  assert [s["step"] for s in whole] == [STEPS, STEPS]
+  assert not whole[0]["preempted"] and not whole[1]["preempted"]
 
   codes, second, outputs = _finish(resume_procs)
-  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-  codes, whole, outputs = _finish(straight_procs)
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert [s["step"] for s in second] == [STEPS, STEPS]
   assert not second[0]["preempted"]
