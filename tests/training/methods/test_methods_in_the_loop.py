@@ -58,6 +58,8 @@ def test_each_method_trains_and_evaluates_on_mock_data(tmp_path, method, batch_n
   # 32 images: each of the 8 devices gets whole groups (BAKE's are of 4 on
   # CIFAR-100) and, for CS-KD, two anchors for its BatchNorm statistics.
   config = config_for(method, batch_norm=batch_norm, batch_size=32)
+  if method == "byot":
+    config.model_options.exit_stages = (2,)   # one exit: the wiring, at a third of the compile
   with mock():
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 3 and not summary["preempted"]
@@ -110,12 +112,10 @@ def test_a_stateful_method_resumes_mid_epoch_to_the_uninterrupted_state(tmp_path
   assert all(np.isfinite(r["train_loss"]) for r in records)
 
 
-def test_ban_trains_from_a_frozen_teacher_of_another_architecture(tmp_path):
+def test_ban_trains_from_its_frozen_teacher(tmp_path):
+  # Born again: the teacher is a CE run of the student's own network.
   teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-  # Another network than the student's: other widths (a DenseNet teacher
-  # works the same, at several times the compile time).
   teacher_config = config_for("ce", steps=2)
-  teacher_config.model_options.widths = (4, 8, 16, 32)
   student_config = config_for("ban", steps=2)
   student_config.teacher.workdir = str(teacher_dir)
   with pytest.raises(FileNotFoundError, match=r"config\.teacher\.workdir: .* holds no run"):
@@ -138,3 +138,18 @@ def test_ban_trains_from_a_frozen_teacher_of_another_architecture(tmp_path):
   with pytest.raises(ValueError, match=r"trained on 'fashion_mnist', this run trains on "
                                        r"'cifar100'"):
     loop.build_setup(student_config, num_train_examples=24)
+
+
+def test_a_teacher_of_another_architecture_is_built_from_its_own_config(tmp_path):
+  # What the student builds from the teacher's workdir (no arrays): the
+  # teacher's own model, here a DenseNet for a ResNet student.
+  teacher_config = config_for("ce")
+  teacher_config.model = "cifar_densenet_tiny"
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps(teacher_config.to_dict()))
+  student_config = config_for("ban")
+  student_config.teacher.workdir = str(tmp_path)
+  setup = loop.build_setup(student_config, num_train_examples=24)
+  assert type(setup.teacher.model).__name__ == "DenseNet"
+  assert setup.method.teacher is setup.teacher.eval_model
+  assert "block1_layer1" in setup.method.teacher_variables["params"]   # DenseNet's modules
