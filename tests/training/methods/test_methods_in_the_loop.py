@@ -13,11 +13,13 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from experiments.configs import paper
+from tests.training.test_loop import _train_records, mock
 from zipfls_jax.training import checkpoint as checkpoint_lib
 from zipfls_jax.training import loop, parallel
+
+NUM_EXAMPLES = 24
 
 
 def config_for(method, *, steps=3, batch_norm="sync", batch_size=16):
@@ -35,17 +37,6 @@ def config_for(method, *, steps=3, batch_norm="sync", batch_size=16):
   return config
 
 
-def mock(num_examples=24):
-  return tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
-
-
-def train_records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in r.items() if k != "train_images_per_sec"}
-            for r in map(json.loads, f) if "train_loss" in r]
-
-
 # The methods whose data or model needs change what the loop does (TF-KD's
 # wiring is CE's; OLS and PS-KD train in the resume test below).
 @pytest.mark.parametrize("method, batch_norm, extra", [
@@ -60,10 +51,10 @@ def test_each_method_trains_and_evaluates_on_mock_data(tmp_path, method, batch_n
   config = config_for(method, batch_norm=batch_norm, batch_size=32)
   if method == "byot":
     config.model_options.exit_stages = (2,)   # one exit: the wiring, at a third of the compile
-  with mock():
+  with mock(NUM_EXAMPLES):
     summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 3 and not summary["preempted"]
-  records = train_records(tmp_path)
+  records = _train_records(tmp_path)
   assert [r["step"] for r in records] == [1, 2, 3]
   for r in records:
     assert np.isfinite(r["train_loss"]) and np.isfinite(r[extra])
@@ -71,7 +62,7 @@ def test_each_method_trains_and_evaluates_on_mock_data(tmp_path, method, batch_n
 
 
 def _state_at(workdir, step, config):
-  setup = loop.build_setup(config, num_train_examples=24)
+  setup = loop.build_setup(config, num_train_examples=NUM_EXAMPLES)
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), every_steps=2)
   abstract = checkpoint_lib.abstract_state(setup.init_state, jax.random.key(0),
                                            parallel.replicated(parallel.make_data_mesh()))
@@ -93,7 +84,7 @@ def test_a_stateful_method_resumes_mid_epoch_to_the_uninterrupted_state(tmp_path
   config.dataset = "fashion_mnist"   # 10 classes: OLS counts some correct examples
   config.max_checkpoints_to_keep = 3
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  with mock():
+  with mock(NUM_EXAMPLES):
     loop.train_and_evaluate(config, str(straight))
   final = _state_at(straight, 5, config).method_state
   if method == "ols":
@@ -103,12 +94,12 @@ def test_a_stateful_method_resumes_mid_epoch_to_the_uninterrupted_state(tmp_path
   shutil.copytree(straight, resumed)
   for step in ("4", "5"):
     shutil.rmtree(resumed / "checkpoints" / step)
-  with mock():
+  with mock(NUM_EXAMPLES):
     loop.train_and_evaluate(config, str(resumed))
   jax.tree.map(np.testing.assert_array_equal, _state_at(straight, 5, config),
                _state_at(resumed, 5, config))
-  records = train_records(resumed)
-  assert records == train_records(straight) and len(records) == 5
+  records = _train_records(resumed)
+  assert records == _train_records(straight) and len(records) == 5
   assert all(np.isfinite(r["train_loss"]) for r in records)
 
 
@@ -119,13 +110,13 @@ def test_ban_trains_from_its_frozen_teacher(tmp_path):
   student_config = config_for("ban", steps=2)
   student_config.teacher.workdir = str(teacher_dir)
   with pytest.raises(FileNotFoundError, match=r"config\.teacher\.workdir: .* holds no run"):
-    loop.build_setup(student_config, num_train_examples=24)
+    loop.build_setup(student_config, num_train_examples=NUM_EXAMPLES)
   assert not os.path.exists(student_dir)
-  with mock():
+  with mock(NUM_EXAMPLES):
     loop.train_and_evaluate(teacher_config, str(teacher_dir))
     summary = loop.train_and_evaluate(student_config, str(student_dir))
   assert summary["step"] == 2
-  for r in train_records(student_dir):
+  for r in _train_records(student_dir):
     assert np.isfinite(r["train_ban"]) and r["train_ban"] > 0
   # The teacher the student kept is the teacher's last checkpoint, bit for bit.
   teacher_state = _state_at(teacher_dir, 2, teacher_config)
@@ -137,7 +128,7 @@ def test_ban_trains_from_its_frozen_teacher(tmp_path):
   (teacher_dir / "config.json").write_text(json.dumps(other))
   with pytest.raises(ValueError, match=r"trained on 'fashion_mnist', this run trains on "
                                        r"'cifar100'"):
-    loop.build_setup(student_config, num_train_examples=24)
+    loop.build_setup(student_config, num_train_examples=NUM_EXAMPLES)
 
 
 def test_a_teacher_of_another_architecture_is_built_from_its_own_config(tmp_path):
@@ -149,7 +140,7 @@ def test_a_teacher_of_another_architecture_is_built_from_its_own_config(tmp_path
   (tmp_path / "config.json").write_text(json.dumps(teacher_config.to_dict()))
   student_config = config_for("ban")
   student_config.teacher.workdir = str(tmp_path)
-  setup = loop.build_setup(student_config, num_train_examples=24)
+  setup = loop.build_setup(student_config, num_train_examples=NUM_EXAMPLES)
   assert type(setup.teacher.model).__name__ == "DenseNet"
   assert setup.method.teacher is setup.teacher.eval_model
   assert "block1_layer1" in setup.method.teacher_variables["params"]   # DenseNet's modules
