@@ -89,7 +89,8 @@ def test_manual_dir_idx_files_are_found(tmp_path, monkeypatch):
 
 def test_command_line_prepares_quietly_in_a_log(tmp_path):
   idx_dir = conftest.write_fashion_idx(tmp_path / "idx", num_train=16, num_test=8)
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
   out = subprocess.run(
       [sys.executable, "-m", "zipfls_jax.data.prepare", "--dataset=fashion_mnist",
        f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={idx_dir}"],

@@ -32,6 +32,12 @@ import os
 # op: set before any submodule can import TensorFlow, and only as a default,
 # so a user's own TF_CPP_MIN_LOG_LEVEL wins. Warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow 2.21 prints its oneDNN notice (twice) whatever the log level.
+# TensorFlow only runs the input pipeline here (decode, crop, flip, resize,
+# casts), none of the network ops oneDNN speeds up, so its plain kernels are
+# used instead; this also keeps the pipeline's numerics the same on every
+# CPU. Also only a default: a user's own TF_ENABLE_ONEDNN_OPTS wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from zipfls_jax import extras
