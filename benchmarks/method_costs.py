@@ -171,16 +171,19 @@ def main():
   ce = rows["ce"]
   ce_time = statistics.median(times["ce"])
   print("| method | forward passes | images / step | flops | memory | extra params "
-        "| method state (CIFAR-100) | method state (ImageNet) | step time (s) | step time |")
+        "| method state (CIFAR-100) | method state (ImageNet) | step time (s) "
+        "| step time (per-round ratios min-max) |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for name in names:
     row, median = rows[name], statistics.median(times[name])
+    # Each round's ratio to CE's step of the same round: their spread.
+    ratios = [t / c for t, c in zip(times[name], times["ce"])]
     spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
     print(f"| {name} | {row['passes']} | {row['images'] / ce['images']:.2f}x "
           f"| {row['flops'] / ce['flops']:.3f}x | {row['memory'] / ce['memory']:.3f}x "
           f"| {megabytes(row['extra_params'])} | {megabytes(row['state_cifar'])} "
           f"| {megabytes(row['state_imagenet'])} | {median:.3f} ({spread}) "
-          f"| {median / ce_time:.3f}x |", flush=True)
+          f"| {median / ce_time:.3f}x ({min(ratios):.3f}-{max(ratios):.3f}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ over rounds. With `--authors_code DIR` (a checkout of the authors'
 (their `train()` in `train.py`, their CIFAR_ResNet18 and loss, unchanged) is
 one more interleaved worker at the `cifar` shape.
 
+`--kernels` times the convolutions alone, the CIFAR ResNet18's 3x3 layers
+of each stage at batch 64 (forward, and forward plus the gradients with
+respect to input and kernel), in each variant's worker and, with torch
+importable, with PyTorch's `Conv2d` (2 threads): what remains of the gap
+between the two steps once the XLA flags are chosen.
+
 `--profile` prints the per-op breakdown of one variant's step from a
 `jax.profiler` trace: time per XLA op kind (convolutions forward and
 backward, fusions holding BatchNorm reductions, the vote head, the
@@ -26,6 +32,7 @@ optimizer update) and how many of the machine's cores were busy.
   python -m benchmarks.step_speed [--shape cifar|demo] [--variants none,default]
       [--rounds 7] [--steps 3] [--authors_code /tmp/authors/pytorch_zipfls]
   python -m benchmarks.step_speed --profile default [--shape cifar]
+  python -m benchmarks.step_speed --kernels [--variants none,default] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ VARIANTS = {
     "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce",
     "onednn": "--xla_cpu_use_onednn=true",
     "no_concurrency_sched": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "eigen_conv_no_concurrency_sched": (
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
+        "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
 }
 
 SHAPES = {
@@ -165,12 +175,89 @@ def _torch_worker(authors_dir: str, seed: int):
   return run
 
 
+# CIFAR ResNet18's 3x3 convolutions, one per stage: (map side, channels).
+KERNEL_SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))
+KERNEL_BATCH = 64
+
+
+def _kernel_labels():
+  return [f"{side}x{side}x{ch} {what}" for side, ch in KERNEL_SHAPES for what in ("fwd", "fwd+bwd")]
+
+
+def _time_calls(fn, calls):
+  """Median seconds of `calls` calls of fn() (fn blocks until done)."""
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _jax_kernel_worker(seed: int):
+  """run(calls) -> {label: median seconds} for jitted NHWC convolutions."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  numbers = ("NHWC", "HWIO", "NHWC")
+  cases = []
+  for side, ch in KERNEL_SHAPES:
+    x = jnp.asarray(rng.normal(size=(KERNEL_BATCH, side, side, ch)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(3, 3, ch, ch)).astype(np.float32) * 0.05)
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=numbers)
+    fwd = jax.jit(conv)
+    # The backward pass a train step runs: input and kernel gradients.
+    bwd = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+    cases.append((lambda f=fwd, x=x, w=w: jax.block_until_ready(f(x, w))))
+    cases.append((lambda f=bwd, x=x, w=w: jax.block_until_ready(f(x, w))))
+
+  def run(calls):
+    return {label: _time_calls(case, calls) for label, case in zip(_kernel_labels(), cases)}
+
+  return run
+
+
+def _torch_kernel_worker(seed: int):
+  """run(calls) -> {label: median seconds} for torch.nn.Conv2d (NCHW)."""
+  import torch
+
+  torch.manual_seed(seed)
+  cases = []
+  for side, ch in KERNEL_SHAPES:
+    conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+    x = torch.randn(KERNEL_BATCH, ch, side, side, requires_grad=True)
+
+    def fwd(conv=conv, x=x):
+      with torch.no_grad():
+        conv(x)
+
+    def bwd(conv=conv, x=x):
+      x.grad = None
+      conv.weight.grad = None
+      (conv(x) ** 2).sum().backward()
+
+    cases += [fwd, bwd]
+
+  def run(calls):
+    return {label: _time_calls(case, calls) for label, case in zip(_kernel_labels(), cases)}
+
+  return run
+
+
 def worker_main(args):
-  if args.worker == "torch":
+  if args.worker in ("torch", "torch_kernels"):
     import torch
     torch.set_num_threads(os.cpu_count())
+  params = None
+  if args.worker == "torch":
     run = _torch_worker(args.authors_code, args.seed)
-    params = None
+  elif args.worker == "torch_kernels":
+    run = _torch_kernel_worker(args.seed)
+  elif args.worker == "jax_kernels":
+    run = _jax_kernel_worker(args.seed)
   else:
     run, params = _jax_worker(args.shape, args.seed)[:2]
   run(2)  # compile / warm up
@@ -368,6 +455,51 @@ def compare(args):
           f"max|diff| / max|param| = {diff:.2e}")
 
 
+def kernels(args):
+  """Convolution kernels alone, per variant and PyTorch, rounds interleaved."""
+  from zipfls_jax import xla_flags
+  VARIANTS["default"] = " ".join(xla_flags.cpu_flags())
+  names = args.variants.split(",")
+  workers = {}
+  for name in names:
+    if name not in VARIANTS:
+      raise SystemExit(f"--variants: unknown {name!r}; expected some of {list(VARIANTS)}")
+    workers[name] = _start(name, ["--worker", "jax_kernels", "--seed", str(args.seed)],
+                           VARIANTS[name])
+  try:
+    import torch  # noqa: F401  pylint: disable=unused-import,g-import-not-at-top
+    workers["pytorch"] = _start("pytorch", ["--worker", "torch_kernels",
+                                            "--seed", str(args.seed)], "")
+  except ImportError:
+    print("# torch is not importable: PyTorch's kernels are skipped")
+  rounds = {name: [] for name in workers}
+  for _ in range(args.rounds):
+    for name, proc in workers.items():
+      proc.stdin.write(f"{args.steps}\n")
+      proc.stdin.flush()
+      rounds[name].append(json.loads(proc.stdout.readline()))
+  for proc in workers.values():
+    proc.stdin.close()
+    proc.wait()
+  print(f"# convolution kernels, batch {KERNEL_BATCH}, 3x3 stride 1, float32; milliseconds, "
+        f"median over {args.rounds} rounds of the median of {args.steps} calls; "
+        f"load before/after: {args.load_before} / {_load()}")
+  print("| kernel | " + " | ".join(workers) + " | " +
+        " | ".join(f"{n} / pytorch" for n in names if "pytorch" in workers) + " |")
+  print("|---|" + "---|" * (len(workers) + (len(names) if "pytorch" in workers else 0)))
+  for label in _kernel_labels():
+    ms = {name: 1e3 * statistics.median(r[label] for r in rounds[name]) for name in workers}
+    # Per-round ratios, so that drifting load cancels; their median and spread.
+    ratios = []
+    if "pytorch" in workers:
+      for name in names:
+        per_round = [a[label] / b[label] for a, b in zip(rounds[name], rounds["pytorch"])]
+        ratios.append(f"{statistics.median(per_round):.2f} "
+                      f"({min(per_round):.2f}-{max(per_round):.2f})")
+    print(f"| {label} | " + " | ".join(f"{ms[n]:.1f}" for n in workers) + " | " +
+          " | ".join(ratios) + " |", flush=True)
+
+
 def base_name(names):
   return names[0]
 
@@ -387,14 +519,19 @@ def main():
                       help="the authors' pytorch_zipfls folder; adds their step (cifar shape)")
   parser.add_argument("--profile", default=None, metavar="VARIANT",
                       help="print the per-op breakdown of this variant's step")
+  parser.add_argument("--kernels", action="store_true",
+                      help="time the convolutions alone (calls per round: --steps)")
   parser.add_argument("--top", type=int, default=15)
-  parser.add_argument("--worker", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--worker", choices=("jax", "torch", "jax_kernels", "torch_kernels"),
+                      default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   args.load_before = _load()
   if args.worker:
     worker_main(args)
   elif args.profile:
     profile_main(args)
+  elif args.kernels:
+    kernels(args)
   else:
     if args.authors_code:
       try:

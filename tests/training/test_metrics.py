@@ -80,6 +80,22 @@ def test_progress_line_gives_the_eta_of_later_runs_too(monkeypatch):
   assert single.line(25, 0.5, {}, eta_sec=90).endswith("| ETA with 1 later run 3:30")
 
 
+def test_images_per_sec_leaves_out_an_evaluation_between_two_logs(monkeypatch):
+  # `make demo` once logged 5,544 images/s (3x the real rate) for the 100
+  # steps around an evaluation: the steps before it were divided by the
+  # time after it only.
+  now = [0.0]
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+  progress = metrics.Progress(total_steps=1000, start_step=0, batch_size=8)
+  now[0] += 10.0   # steps 1-100: 10 s
+  assert progress.rates(100)["images_per_sec"] == pytest.approx(80.0)
+  now[0] += 6.8    # steps 101-168: 6.8 s
+  now[0] += 50.0   # an evaluation: 50 s
+  progress.exclude(50.0)
+  now[0] += 3.2    # steps 169-200: 3.2 s
+  assert progress.rates(200)["images_per_sec"] == pytest.approx(80.0)
+
+
 def test_phase_times_count_nested_phases_once(monkeypatch):
   now = [0.0]
   monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
@@ -183,6 +199,10 @@ def test_comparison_sheet_puts_our_gains_beside_the_papers_and_plots_them(tmp_pa
   assert rows["CS-KD"][1:6] == ["+2.0", "2x, 1x", "2", "59.00 ± 0.71", "+2.50"]
   assert rows["Zipf's LS"][1:5] == ["+2.8", "1x, 1x", "0", "-"]
   assert set(rows) >= {"TF-KD", "LS", "BYOT", "PS-KD", "DDGSD", "BAN", "BAKE", "OLS"}
+  # The cost columns: flops, memory and step time relative to CE, as
+  # benchmarks/RESULTS.md records them (DDGSD's two views: 2x the flops).
+  assert rows["CE"][6:9] == ["1.00x", "1.00x", "1.00x |"]
+  assert rows["DDGSD"][6:8] == ["2.00x", "1.87x"]
   plot = tmp_path / "comparison.png"
   results_sheet.plot_comparison(runs, str(plot))
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

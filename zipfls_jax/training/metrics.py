@@ -264,9 +264,14 @@ class Progress:
     eta = (now - self._start_time) / done * (self._total - step) if done > 0 else float("nan")
     return {"images_per_sec": images_per_sec, "eta_sec": eta}
 
-  def exclude_time_since_last_call(self) -> None:
-    """Keeps time spent since the last `rates` call (evaluation) out of images/s."""
-    self._last_time = time.perf_counter()
+  def exclude(self, seconds: float) -> None:
+    """Keeps `seconds` spent on something else (an evaluation) out of the next images/s.
+
+    The steps since the last `rates` call still count over the time they
+    took: dropping the interval's start instead would divide them by only
+    the time after the evaluation.
+    """
+    self._last_time += seconds
 
   def line(self, step: int, epoch: float, scalars: Mapping[str, Any],
            eta_sec: Optional[float] = None) -> str:
