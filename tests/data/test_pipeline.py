@@ -101,6 +101,28 @@ def test_train_stream_is_determined_by_the_seed(fashion_data_dir):
       np.bincount(np.arange(conftest.NUM_TRAIN) % 10, minlength=10))
 
 
+def test_a_cpu_step_gets_a_small_tf_data_pool_and_an_accelerator_tf_datas_default(
+    fashion_data_dir, monkeypatch):
+  # With JAX on the CPU the pipeline shares the cores with the step: a pool
+  # of an eighth of them (one here). With an accelerator: unset, TF's default.
+  def pool(name):
+    train = pipeline.train_dataset("fashion_mnist", global_batch_size=16,
+                                   data_dir=fashion_data_dir)
+    evaluation, _ = pipeline.eval_dataset("fashion_mnist", global_batch_size=16,
+                                          data_dir=fashion_data_dir)
+    sizes = {ds.options().threading.private_threadpool_size for ds in (train, evaluation)}
+    assert len(sizes) == 1, (name, sizes)
+    return sizes.pop()
+
+  import os  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  assert pool("cpu, 2 cores") == 1
+  monkeypatch.setattr(os, "cpu_count", lambda: 64)
+  assert pool("cpu, 64 cores") == 8
+  monkeypatch.setattr(pipeline.jax, "default_backend", lambda: "gpu")
+  assert pool("gpu") is None
+
+
 def test_start_step_resumes_the_same_stream(fashion_data_dir):
   def batches(start_step, count):
     ds = pipeline.train_dataset(

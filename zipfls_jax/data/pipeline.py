@@ -181,11 +181,31 @@ def _tfds_id_positions(builder, split: str):
   return position
 
 
+def _cpu_threads() -> int | None:
+  """tf.data's thread count when the step also runs on this host's CPU.
+
+  With JAX on the CPU, the input pipeline and the compiled step share the
+  same cores, and tf.data's default pool (one thread per core) spends
+  about as much CPU handing examples between its threads as on the
+  examples (benchmarks/RESULTS.md, issue 14: 8.8 against 4.9 ms of CPU per
+  Fashion-MNIST batch of 128 with one thread). An eighth of the cores, at
+  least one, keeps up with any CPU step here (one thread: ~8,000
+  images/s of Fashion-MNIST; the demo's step: ~1,800). With an
+  accelerator, the step does not use the host's cores: None, TF's default.
+  """
+  if jax.default_backend() != "cpu":
+    return None
+  return max(1, (os.cpu_count() or 1) // 8)
+
+
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
   options.threading.max_intra_op_parallelism = 1
+  threads = _cpu_threads()
+  if threads is not None:
+    options.threading.private_threadpool_size = threads
   return options
 
 
