@@ -3,11 +3,14 @@
 Real files, damaged the ways storage and kills damage them; the state is a
 small `TrainState` (no model), so each case costs about a second.
 """
+import gc
 import logging
 import os
 import resource
 import shutil
 import signal
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +129,24 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
     checkpoints.restore(make_state(0))
   assert sorted(os.listdir(tmp_path)) == ["1", "2"]
   checkpoints.close()
+
+
+def test_a_damaged_checkpoint_adds_no_event_loop_tracebacks(tmp_path, monkeypatch):
+  # A failed restore used to print several "RuntimeError: Event loop is
+  # closed" tracebacks (tensorstore's reads finishing after orbax closed its
+  # loop) around the one-line warning. Other unraisable errors still go to
+  # the hook installed before.
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  checkpoints = saved(tmp_path)
+  truncate(tmp_path / "2")
+  assert checkpoints.restore(make_state(0))[0] == 1
+  checkpoints.close()
+  gc.collect()
+  assert not [u for u in reported if "Event loop is closed" in str(u.exc_value)], reported
+  with checkpoint_lib._quiet_closed_event_loops():
+    sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("other")))
+  assert [str(u.exc_value) for u in reported] == ["other"]
 
 
 def _numpy_checksum(state):

@@ -16,10 +16,12 @@ not build models or read data.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import sys
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jax
@@ -118,6 +120,32 @@ def _array_registry():
   return ocp.type_handlers.create_type_handler_registry((jax.Array, arrays), *others)
 
 
+@contextlib.contextmanager
+def _quiet_closed_event_loops():
+  """Drops the "Event loop is closed" errors of a failed orbax restore or save.
+
+  When a damaged checkpoint fails to restore (or a save fails, e.g. on a
+  full disk), orbax closes the operation's event loop while tensorstore's
+  threads still complete its other reads or writes; each completion then
+  reports an unraisable `RuntimeError: Event loop is closed` (a traceback
+  of about eight lines, several interleaved). `Checkpoints` already says in
+  one line which step failed and why, so only these are dropped; any other
+  unraisable error goes to the hook that was installed before.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+
+
 class CorruptCheckpointError(ValueError):
   """No checkpoint restores (each is damaged, or its checksum does not match)."""
 
@@ -205,11 +233,12 @@ class Checkpoints:
     progress = dict(progress, checksum=state_checksum(state))
     previous = self.latest_step()
     try:
-      self._manager.save(
-          step,
-          args=ocp.args.Composite(state=ocp.args.PyTreeSave(_to_saveable(state)),
-                                  progress=ocp.args.JsonSave(progress)),
-          force=True)
+      with _quiet_closed_event_loops():
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.PyTreeSave(_to_saveable(state)),
+                                    progress=ocp.args.JsonSave(progress)),
+            force=True)
     except Exception as error:  # pylint: disable=broad-except
       # Whatever the storage raised (a full disk, lost permissions, a
       # network error), the run cannot go on safely; orbax's partial folder
@@ -263,7 +292,8 @@ class Checkpoints:
     failures = []
     for step in reversed(self.all_steps()):
       try:
-        state, progress = self._restore_step(step, target)
+        with _quiet_closed_event_loops():
+          state, progress = self._restore_step(step, target)
       except Exception as error:  # pylint: disable=broad-except
         # Damaged files surface as many types (zstd, tensorstore, KeyError,
         # JSON errors); each one is reported, and an older step is tried.
