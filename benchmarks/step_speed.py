@@ -396,7 +396,8 @@ def _start(label, argv, env_flags):
   return proc
 
 
-def compare(args):
+def _start_variants(args, worker_argv):
+  """(variant names, {name: worker process}), one worker per --variants entry."""
   from zipfls_jax import xla_flags
   VARIANTS["default"] = " ".join(xla_flags.cpu_flags())
   names = args.variants.split(",")
@@ -404,8 +405,12 @@ def compare(args):
   for name in names:
     if name not in VARIANTS:
       raise SystemExit(f"--variants: unknown {name!r}; expected some of {list(VARIANTS)}")
-    workers[name] = _start(name, ["--worker", "jax", "--shape", args.shape,
-                                  "--seed", str(args.seed)], VARIANTS[name])
+    workers[name] = _start(name, [*worker_argv, "--seed", str(args.seed)], VARIANTS[name])
+  return names, workers
+
+
+def compare(args):
+  names, workers = _start_variants(args, ["--worker", "jax", "--shape", args.shape])
   if args.authors_code:
     workers["authors_pytorch"] = _start("authors", ["--worker", "torch", "--authors_code",
                                                     args.authors_code], "")
@@ -457,15 +462,7 @@ def compare(args):
 
 def kernels(args):
   """Convolution kernels alone, per variant and PyTorch, rounds interleaved."""
-  from zipfls_jax import xla_flags
-  VARIANTS["default"] = " ".join(xla_flags.cpu_flags())
-  names = args.variants.split(",")
-  workers = {}
-  for name in names:
-    if name not in VARIANTS:
-      raise SystemExit(f"--variants: unknown {name!r}; expected some of {list(VARIANTS)}")
-    workers[name] = _start(name, ["--worker", "jax_kernels", "--seed", str(args.seed)],
-                           VARIANTS[name])
+  names, workers = _start_variants(args, ["--worker", "jax_kernels"])
   try:
     import torch  # noqa: F401  pylint: disable=unused-import,g-import-not-at-top
     workers["pytorch"] = _start("pytorch", ["--worker", "torch_kernels",

@@ -261,7 +261,7 @@ class Checkpoints:
         step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
-                                      progress=ocp.args.JsonRestore()))
+            progress=ocp.args.JsonRestore()))
     progress = dict(restored["progress"])
     state = restored["state"].replace(
         rng=jax.random.wrap_key_data(restored["state"].rng, impl=impl[0]))
