@@ -16,7 +16,6 @@ not build models or read data.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -120,30 +119,43 @@ def _array_registry():
   return ocp.type_handlers.create_type_handler_registry((jax.Array, arrays), *others)
 
 
-@contextlib.contextmanager
-def _quiet_closed_event_loops():
-  """Drops the "Event loop is closed" errors of a failed orbax restore or save.
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable error is asyncio refusing a callback on a closed loop."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  frame = getattr(unraisable, "exc_traceback", None)
+  while frame is not None and frame.tb_next is not None:
+    frame = frame.tb_next
+  code = frame.tb_frame.f_code if frame is not None else None
+  return (code is not None and code.co_name == "_check_closed"
+          and os.path.basename(code.co_filename) == "base_events.py")
+
+
+def _drop_closed_event_loop_errors() -> None:
+  """Drops the "Event loop is closed" errors that a failed orbax restore or save leaves.
 
   When a damaged checkpoint fails to restore (or a save fails, e.g. on a
   full disk), orbax closes the operation's event loop while tensorstore's
   threads still complete its other reads or writes; each completion then
   reports an unraisable `RuntimeError: Event loop is closed` (a traceback
-  of about eight lines, several interleaved). `Checkpoints` already says in
-  one line which step failed and why, so only these are dropped; any other
-  unraisable error goes to the hook that was installed before.
+  of about eight lines, several interleaved), possibly well after the
+  failure has been handled. `Checkpoints` already says in one line which
+  step failed and why. So, from the first save or restore on, the process's
+  unraisable hook drops exactly these (that message, raised by asyncio's
+  closed-loop check) and passes every other error to the hook installed
+  before. Called again, it reinstalls itself only if something replaced it.
   """
   previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_event_loops", False):
+    return
 
   def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    if not _is_closed_loop_callback(unraisable):
       previous(unraisable)
 
+  hook.drops_closed_event_loops = True
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
 
 
 class CorruptCheckpointError(ValueError):
@@ -232,13 +244,13 @@ class Checkpoints:
       return
     progress = dict(progress, checksum=state_checksum(state))
     previous = self.latest_step()
+    _drop_closed_event_loop_errors()
     try:
-      with _quiet_closed_event_loops():
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.PyTreeSave(_to_saveable(state)),
-                                    progress=ocp.args.JsonSave(progress)),
-            force=True)
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.PyTreeSave(_to_saveable(state)),
+                                  progress=ocp.args.JsonSave(progress)),
+          force=True)
     except Exception as error:  # pylint: disable=broad-except
       # Whatever the storage raised (a full disk, lost permissions, a
       # network error), the run cannot go on safely; orbax's partial folder
@@ -289,11 +301,11 @@ class Checkpoints:
       CorruptCheckpointError: no checkpoint restores; nothing is moved (a
         code change that altered the state's structure would fail them all).
     """
+    _drop_closed_event_loop_errors()
     failures = []
     for step in reversed(self.all_steps()):
       try:
-        with _quiet_closed_event_loops():
-          state, progress = self._restore_step(step, target)
+        state, progress = self._restore_step(step, target)
       except Exception as error:  # pylint: disable=broad-except
         # Damaged files surface as many types (zstd, tensorstore, KeyError,
         # JSON errors); each one is reported, and an older step is tried.
