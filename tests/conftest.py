@@ -8,6 +8,14 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA:CPU's older loop emitters compile these tests' small programs in about
+# half the time of its default fusion emitters (the train step of the tiny
+# CIFAR model with its pmap twin and 38 eager ops: 14.5-15.1 s of backend
+# compilation -> 7.0-8.1 s; `benchmarks/RESULTS.md`). Results agree to float
+# rounding. In XLA_FLAGS, so that it reaches the processes tests start too.
+_TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAG}".strip()
 
 import jax  # noqa: E402
 
@@ -48,3 +56,9 @@ def pytest_configure(config):
   cache_dir = os.path.join(run_temp, "jax_compilation_cache")
   os.makedirs(cache_dir, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
+
+
+def pytest_collection_modifyitems(items):
+  # pytest-xdist hands out tests in this order: a long test started last
+  # leaves the other worker idle until it ends (22 s of a 4-minute run).
+  items.sort(key=lambda item: item.get_closest_marker("starts_first") is None)

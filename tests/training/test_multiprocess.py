@@ -116,6 +116,7 @@ def small_fashion(tmp_path_factory):
   return str(data_dir)
 
 
+@pytest.mark.starts_first  # about 70 s on one worker
 def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
     tmp_path, small_fashion):
   started = time.monotonic()
