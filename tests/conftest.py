@@ -5,11 +5,12 @@ Must run before any JAX computation, which is why it lives in conftest.
 import atexit
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from zipfls_jax import xla_flags  # noqa: E402  (starts no JAX backend)
+
 # XLA:CPU's older loop emitters compile these tests' small programs in 0.37-
 # 0.45x the time of its default fusion emitters (`python -m
 # benchmarks.suite_compile_time`; `make test` 352 -> about 250 s, see
@@ -17,23 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # passes under both. In XLA_FLAGS, so that it reaches the processes tests
 # start too (the xdist workers and the tests' own subprocesses inherit it).
 # XLA aborts on a flag it does not know, and a newer jaxlib may drop this
-# one: a throwaway process checks it first, once per run.
+# one, so it is set only if the installed jaxlib registers it.
 _TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
-_PROBED = "ZIPFLS_JAX_TEST_XLA_FLAG_PROBED"
-
-
-def _xla_accepts(flag):
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(),
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
-                        capture_output=True, check=False).returncode == 0
-
-
-if not os.environ.get(_PROBED) and "xla_cpu_use_fusion_emitters" not in os.environ.get(
-    "XLA_FLAGS", ""):
-  os.environ[_PROBED] = "1"
-  if _xla_accepts(_TEST_XLA_FLAG):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAG}".strip()
+if ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
+    and xla_flags.known_flags({"xla_cpu_use_fusion_emitters"})):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAG}".strip()
 
 import jax  # noqa: E402
 
