@@ -11,12 +11,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from zipfls_jax import xla_flags  # noqa: E402  (starts no JAX backend)
 
-# XLA:CPU's older loop emitters compile these tests' small programs in 0.37-
-# 0.45x the time of its default fusion emitters (`python -m
-# benchmarks.suite_compile_time`; `make test` 352 -> about 250 s, see
-# benchmarks/RESULTS.md). Results agree to float rounding, and every test
-# passes under both. In XLA_FLAGS, so that it reaches the processes tests
-# start too (the xdist workers and the tests' own subprocesses inherit it).
+# XLA:CPU's older loop emitters compile these tests' small programs in
+# 0.37-0.45x the time of its default fusion emitters (`python -m
+# benchmarks.suite_compile_time`; the suite went from 352-418 s to
+# 217-266 s, see benchmarks/RESULTS.md). Results agree to float rounding,
+# and every test passes under both. In XLA_FLAGS, so that it reaches the
+# processes tests start too (the xdist workers and the tests' own
+# subprocesses inherit it).
 # XLA aborts on a flag it does not know, and a newer jaxlib may drop this
 # one, so it is set only if the installed jaxlib registers it.
 _TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
