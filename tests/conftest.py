@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from zipfls_jax import xla_flags  # noqa: E402  (starts no JAX backend)
 
 # XLA:CPU's older loop emitters compile these tests' small programs in
-# 0.37-0.45x the time of its default fusion emitters (`python -m
+# 0.37-0.50x the time of its default fusion emitters (`python -m
 # benchmarks.suite_compile_time`; the suite went from 352-418 s to
 # 217-266 s, see benchmarks/RESULTS.md). Results agree to float rounding,
 # and every test passes under both. In XLA_FLAGS, so that it reaches the
