@@ -19,11 +19,9 @@ from zipfls_jax import xla_flags  # noqa: E402  (starts no JAX backend)
 # processes tests start too (the xdist workers and the tests' own
 # subprocesses inherit it).
 # XLA aborts on a flag it does not know, and a newer jaxlib may drop this
-# one, so it is set only if the installed jaxlib registers it.
-_TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
-if ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
-    and xla_flags.known_flags({"xla_cpu_use_fusion_emitters"})):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAG}".strip()
+# one: `add` sets it only if the installed jaxlib registers it, and never
+# over a value already in XLA_FLAGS.
+xla_flags.add(["--xla_cpu_use_fusion_emitters=false"])
 
 import jax  # noqa: E402
 

@@ -35,6 +35,16 @@ def test_configure_keeps_the_users_value_of_the_same_flag():
   assert YNN_FLAG not in environ["XLA_FLAGS"]
 
 
+def test_add_skips_unknown_flags_and_the_users_own():
+  # XLA would abort the process on the made-up flag.
+  environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}
+  added = xla_flags.add(["--xla_cpu_zipfls_no_such_flag=1", "--xla_cpu_enable_fast_math=false",
+                         "--xla_cpu_enable_fast_min_max=false"], environ)
+  assert added == ["--xla_cpu_enable_fast_min_max=false"]
+  assert environ["XLA_FLAGS"].split() == ["--xla_cpu_enable_fast_math=true",
+                                          "--xla_cpu_enable_fast_min_max=false"]
+
+
 def test_configure_adds_nothing_when_switched_off():
   environ = {"ZIPFLS_JAX_XLA_FLAGS": "0"}
   assert xla_flags.configure(environ) == []

@@ -82,9 +82,21 @@ def configure(environ: Optional[MutableMapping[str, str]] = None) -> List[str]:
                     "first computation or jax.devices()); XLA reads XLA_FLAGS only then, so "
                     "no flags were added. Call it first thing.", RuntimeWarning, stacklevel=2)
       return []
+  return add(CPU_FLAGS, environ)
+
+
+def add(flags, environ: Optional[MutableMapping[str, str]] = None) -> List[str]:
+  """Appends to `XLA_FLAGS` those `flags` the installed jaxlib knows; returns them.
+
+  A flag whose name `XLA_FLAGS` already holds keeps that value. No checks
+  beyond these (`configure()` adds its own): for callers that set flags of
+  their own before JAX starts, as the test suite does.
+  """
+  environ = os.environ if environ is None else environ
   current = environ.get("XLA_FLAGS", "")
   present = {_flag_name(f) for f in current.split()}
-  added = [f for f in cpu_flags() if _flag_name(f) not in present]
+  known = known_flags({_flag_name(f) for f in flags})
+  added = [f for f in flags if _flag_name(f) in known and _flag_name(f) not in present]
   if added:
     environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return added
