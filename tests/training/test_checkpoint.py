@@ -148,14 +148,20 @@ def test_a_damaged_checkpoint_adds_no_event_loop_tracebacks(tmp_path, monkeypatc
   # closed" tracebacks (tensorstore's reads finishing after orbax closed its
   # loop) around the one-line warning, some of them after the restore had
   # returned. Other unraisable errors still go to the hook installed before.
+  # The filter is in place before anything runs: a late error of an earlier
+  # test's restore, arriving before this test's first save, would otherwise
+  # reach `reported` unfiltered.
   reported = []
-  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  monkeypatch.setattr(sys, "unraisablehook",
+                      checkpoint_lib._closed_event_loop_filter(reported.append))
+  hook = sys.unraisablehook
   checkpoints = saved(tmp_path)
   truncate(tmp_path / "2")
   assert checkpoints.restore(make_state(0))[0] == 1
   checkpoints.close()
   gc.collect()
   assert not [u for u in reported if "Event loop is closed" in str(u.exc_value)], reported
+  assert sys.unraisablehook is hook  # save and restore did not stack a second filter
   late = _closed_loop_error()  # a completion arriving after the restore returned
   sys.unraisablehook(late)
   same_text = RuntimeError("Event loop is closed")  # not raised by asyncio's check
@@ -163,12 +169,19 @@ def test_a_damaged_checkpoint_adds_no_event_loop_tracebacks(tmp_path, monkeypatc
   for error in (same_text, other):
     sys.unraisablehook(types.SimpleNamespace(exc_value=error, exc_traceback=None))
   assert [u.exc_value for u in reported] == [same_text, other]
-  # Another save and restore do not stack a second filter.
-  hook = sys.unraisablehook
-  again = saved(tmp_path / "again")
-  again.restore(make_state(0))
-  again.close()
-  assert sys.unraisablehook is hook
+
+
+def test_the_first_save_puts_the_filter_over_the_hook_in_place(tmp_path, monkeypatch):
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  saved(tmp_path).close()
+  assert sys.unraisablehook is not reported.append
+  late, other = _closed_loop_error(), ValueError("other")
+  sys.unraisablehook(late)
+  sys.unraisablehook(types.SimpleNamespace(exc_value=other, exc_traceback=None))
+  # Only identities: an earlier test's late error may have come before the save.
+  passed = [u.exc_value for u in reported]
+  assert other in passed and late.exc_value not in passed
 
 
 def _numpy_checksum(state):

@@ -132,6 +132,17 @@ def _is_closed_loop_callback(unraisable) -> bool:
           and os.path.basename(code.co_filename) == "base_events.py")
 
 
+def _closed_event_loop_filter(previous):
+  """An unraisable hook that drops asyncio's closed-loop errors and passes the rest to `previous`."""
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_event_loops = True
+  return hook
+
+
 def _drop_closed_event_loop_errors() -> None:
   """Drops the "Event loop is closed" errors that a failed orbax restore or save leaves.
 
@@ -146,16 +157,8 @@ def _drop_closed_event_loop_errors() -> None:
   closed-loop check) and passes every other error to the hook installed
   before. Called again, it reinstalls itself only if something replaced it.
   """
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_event_loops", False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
-      previous(unraisable)
-
-  hook.drops_closed_event_loops = True
-  sys.unraisablehook = hook
+  if not getattr(sys.unraisablehook, "drops_closed_event_loops", False):
+    sys.unraisablehook = _closed_event_loop_filter(sys.unraisablehook)
 
 
 class CorruptCheckpointError(ValueError):
