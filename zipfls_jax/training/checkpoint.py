@@ -133,7 +133,7 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 
 def _closed_event_loop_filter(previous):
-  """An unraisable hook that drops asyncio's closed-loop errors and passes the rest to `previous`."""
+  """An unraisable hook: drops asyncio's closed-loop errors, passes the rest to `previous`."""
 
   def hook(unraisable):
     if not _is_closed_loop_callback(unraisable):
