@@ -58,10 +58,15 @@ def known_flags(names) -> set:
     return {name for name in names if image.find(name.encode() + b"\0") >= 0}
 
 
+def _known(flags) -> List[str]:
+  """Those of `flags` (`--name=value`) that the installed jaxlib knows, in order."""
+  known = known_flags({_flag_name(f) for f in flags})
+  return [f for f in flags if _flag_name(f) in known]
+
+
 def cpu_flags() -> List[str]:
   """The flags of `CPU_FLAGS` that the installed jaxlib knows."""
-  known = known_flags({_flag_name(f) for f in CPU_FLAGS})
-  return [f for f in CPU_FLAGS if _flag_name(f) in known]
+  return _known(CPU_FLAGS)
 
 
 def configure(environ: Optional[MutableMapping[str, str]] = None) -> List[str]:
@@ -95,8 +100,7 @@ def add(flags, environ: Optional[MutableMapping[str, str]] = None) -> List[str]:
   environ = os.environ if environ is None else environ
   current = environ.get("XLA_FLAGS", "")
   present = {_flag_name(f) for f in current.split()}
-  known = known_flags({_flag_name(f) for f in flags})
-  added = [f for f in flags if _flag_name(f) in known and _flag_name(f) not in present]
+  added = [f for f in _known(flags) if _flag_name(f) not in present]
   if added:
     environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return added
