@@ -1,12 +1,13 @@
-"""What the checkpoint checksum costs per save.
+"""What the checkpoint checksum costs per save, and to compile once per run.
 
 Issue 13: every `Checkpoints.save` computes a 64-bit checksum of the state
 on the devices (`checkpoint.state_checksum`, one pass over the state) and
-every restore checks it. This times the checksum alone and the whole save
-(which includes it), alternately, for two states built by the training
-code itself: the demo's `cifar_resnet_tiny` and `resnet50` (1,000 classes,
-SGD momentum: ~51 M numbers, ~204 MB). Medians over the repetitions, and
-the spread (min-max) of each.
+every restore checks it. This times the first checksum of a run (XLA
+compiles it then), then the checksum alone and the whole save (which
+includes it), alternately, for two states built by the training code
+itself: the demo's `cifar_resnet_tiny` and `resnet50` (1,000 classes, SGD
+momentum: ~51 M numbers, ~204 MB). Medians over the repetitions, and the
+spread (min-max) of each.
 
   python -m benchmarks.checkpoint_checksum [--reps 5] [--only tiny]
 """
@@ -51,7 +52,9 @@ def main():
       continue
     state = build_state(*case, mesh)
     numbers = sum(x.size for x in jax.tree.leaves(checkpoint_lib._to_saveable(state)))
-    checkpoint_lib.state_checksum(state)  # compile
+    start = time.perf_counter()
+    checkpoint_lib.state_checksum(state)  # compiles
+    first_s = time.perf_counter() - start
     checksum_s, save_s = [], []
     with tempfile.TemporaryDirectory() as directory:
       checkpoints = checkpoint_lib.Checkpoints(directory, every_steps=1,
@@ -66,7 +69,8 @@ def main():
         save_s.append(time.perf_counter() - start)
       checkpoints.close()
     med_c, med_s = statistics.median(checksum_s), statistics.median(save_s)
-    print(f"{name}: {numbers / 1e6:.2f} M numbers | checksum {med_c * 1e3:.1f} ms "
+    print(f"{name}: {numbers / 1e6:.2f} M numbers, {len(jax.tree.leaves(state))} arrays | first "
+          f"checksum (compiles) {first_s:.2f} s | checksum {med_c * 1e3:.1f} ms "
           f"({min(checksum_s) * 1e3:.1f}-{max(checksum_s) * 1e3:.1f}) | whole save "
           f"{med_s * 1e3:.0f} ms ({min(save_s) * 1e3:.0f}-{max(save_s) * 1e3:.0f}) | "
           f"checksum share of a save {100 * med_c / med_s:.1f}%", flush=True)

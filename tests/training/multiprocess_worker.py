@@ -1,17 +1,15 @@
 """One process of the two-process runs in test_multiprocess.py (not a test).
 
-    python -m tests.training.multiprocess_worker WORKDIR PORT PROCESS_ID STEPS DATA_DIR \
-        CACHE_DIR [THEN_WORKDIR]
+    python -m tests.training.multiprocess_worker PORT PROCESS_ID STEPS DATA_DIR CACHE_DIR \
+        WORKDIR:SECONDS_PER_BATCH [WORKDIR:SECONDS_PER_BATCH ...]
 
 Two fake CPU devices, CPU collectives over gloo, the small local
 Fashion-MNIST in DATA_DIR, and the tiny config of test_loop.py with
-`config.distributed=True`. Each train
-batch waits 0.2 s, so that the test can signal the processes mid-run.
-Prints one line `SUMMARY {json}` with the loop's summary and the example
-count of every evaluation. With THEN_WORKDIR, the same processes go on to
-the same run in it, with 1 s per batch, for the test to kill one of them
-after its first step, long before the run could end (the same config, so
-its programs come from the cache).
+`config.distributed=True`. The process runs that config in each WORKDIR in
+turn (one JAX cluster for all of them), every train batch waiting
+SECONDS_PER_BATCH, so that the test can signal the processes mid-run.
+After each run it prints one line `SUMMARY {json}` with the loop's summary
+and the example count of every evaluation.
 CACHE_DIR is a JAX compilation cache shared by every process of the test,
 so that only the first pair compiles each program.
 """
@@ -32,7 +30,7 @@ if __name__ == "__main__":
   jax.config.update("jax_disable_most_optimizations", True)
   # JAX writes cache entries from process 0 only; a damaged entry (two
   # writers at once) is compiled again, with a warning.
-  jax.config.update("jax_compilation_cache_dir", sys.argv[6])
+  jax.config.update("jax_compilation_cache_dir", sys.argv[5])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -51,7 +49,7 @@ def config_for(steps, data_dir):
   return config
 
 
-def run(workdir, port, process_id, steps, data_dir, seconds_per_batch=0.2):
+def run(workdir, port, process_id, steps, data_dir, seconds_per_batch):
   config = config_for(steps, data_dir)
   config.distributed = True
   config.coordinator_address = f"localhost:{port}"
@@ -85,11 +83,11 @@ def run(workdir, port, process_id, steps, data_dir, seconds_per_batch=0.2):
   print("SUMMARY " + json.dumps(dict(summary, eval_counts=counts)), flush=True)
 
 
-def main(workdir, port, process_id, steps, data_dir, cache_dir, then_workdir=None):
+def main(port, process_id, steps, data_dir, cache_dir, *runs):
   del cache_dir  # read before JAX started
-  run(workdir, port, process_id, steps, data_dir)
-  if then_workdir is not None:
-    run(then_workdir, port, process_id, steps, data_dir, seconds_per_batch=1.0)
+  for spec in runs:
+    workdir, _, seconds_per_batch = spec.rpartition(":")
+    run(workdir, port, process_id, steps, data_dir, float(seconds_per_batch))
 
 
 if __name__ == "__main__":

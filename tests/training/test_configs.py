@@ -189,16 +189,6 @@ def test_bad_values_name_the_config_key(key, value, match):
     loop.build_setup(config, num_train_examples=50_000)
 
 
-def test_entry_point_names_a_bad_override_key():
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.train",
-       f"--config={PAPER}:cifar100,cifar_resnet18,zipf",
-       "--workdir=/nonexistent", "--config.loss.lamda=0.5"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode != 0
-  assert "lamda" in result.stderr
-
-
 def test_entry_point_reports_missing_data_without_a_traceback(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.train",

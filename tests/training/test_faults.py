@@ -161,7 +161,9 @@ def _train_cli(*args):
 
 def test_cli_typo_missing_config_file_and_no_cluster_are_one_line():
   demo = "--config=experiments/configs/fashion_mnist_demo.py"
-  typo = _train_cli(demo, "--config.loss.lamb=1")
+  # A typo in an override of a parametrised config (`config.py:arg`).
+  typo = _train_cli("--config=experiments/configs/paper.py:cifar100,cifar_resnet18,zipf",
+                    "--config.loss.lamb=1")
   missing = _train_cli("--config=experiments/configs/no_such_config.py")
   no_cluster = _train_cli(demo, "--config.distributed=True")
   for result in (typo, missing, no_cluster):

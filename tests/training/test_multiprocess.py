@@ -6,9 +6,10 @@ at the same step and stop, and the resumed run ends bit-equal to an
 uninterrupted one; a SIGKILL of one process makes the other exit with an
 error instead of hanging. Every wait has a timeout, so CI cannot hang.
 
-Three pairs of processes, which share one JAX compilation cache: the
-uninterrupted pair goes on to a second, slow run, in which one of its
-processes is killed; the preempted pair; and the pair that resumes it.
+Two pairs of processes, which share one JAX compilation cache: the first
+runs uninterrupted, then starts the same run again in another folder and
+is preempted there; the second resumes that run, then starts a slow one
+in which one of its processes is killed.
 """
 import json
 import os
@@ -43,20 +44,20 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, data_dir, cache_dir, then_workdir=None):
-  """A pair of processes training STEPS steps in `workdir`, then slowly in `then_workdir`."""
+def _launch(data_dir, cache_dir, *runs):
+  """A pair of processes training STEPS steps in each `(workdir, seconds per batch)` of `runs`."""
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  then = [] if then_workdir is None else [str(then_workdir)]
+  run_args = [f"{workdir}:{seconds}" for workdir, seconds in runs]
   return [subprocess.Popen(
-      [sys.executable, "-m", "tests.training.multiprocess_worker", str(workdir), str(port),
-       str(index), str(STEPS), data_dir, str(cache_dir), *then],
+      [sys.executable, "-m", "tests.training.multiprocess_worker", str(port), str(index),
+       str(STEPS), data_dir, str(cache_dir), *run_args],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for index in (0, 1)]
 
 
 def _finish(procs, timeout=TIMEOUT):
-  """(return codes, summaries or None, outputs); kills whatever outlives `timeout`."""
+  """(return codes, each process's run summaries, outputs); kills whatever outlives `timeout`."""
   deadline = time.monotonic() + timeout
   codes, summaries, outputs = [], [], []
   for proc in procs:
@@ -70,7 +71,7 @@ def _finish(procs, timeout=TIMEOUT):
     codes.append(proc.returncode)
     outputs.append(out)
     lines = [l for l in out.splitlines() if l.startswith("SUMMARY ")]
-    summaries.append(json.loads(lines[-1][len("SUMMARY "):]) if lines else None)
+    summaries.append([json.loads(line[len("SUMMARY "):]) for line in lines])
   return codes, summaries, outputs
 
 
@@ -116,49 +117,48 @@ def small_fashion(tmp_path_factory):
   return str(data_dir)
 
 
-@pytest.mark.starts_first  # about 70 s on one worker
+@pytest.mark.starts_first  # about 60 s on one worker
 def test_two_processes_evaluate_exactly_resume_after_sigterm_and_fail_on_a_kill(
     tmp_path, small_fashion):
   started = time.monotonic()
   straight, resumed, killed = tmp_path / "straight", tmp_path / "resumed", tmp_path / "killed"
   cache = tmp_path / "jax_cache"
-  # A pair that gets SIGTERM mid-run; once it has compiled the steps, an
-  # uninterrupted pair (which then trains in `killed` until one of its
-  # processes is killed) starts and loads them from the cache.
-  preempted_procs = _launch(resumed, small_fashion, cache)
-  _wait_for_first_record(resumed, preempted_procs)
-  for proc in preempted_procs:
+  # The first pair runs uninterrupted in `straight`, then again in
+  # `resumed`, where both processes get SIGTERM mid-run.
+  first_procs = _launch(small_fashion, cache, (straight, 0.0), (resumed, 0.2))
+  _wait_for_first_record(resumed, first_procs)
+  for proc in first_procs:
     proc.send_signal(signal.SIGTERM)
-  straight_procs = _launch(straight, small_fashion, cache, then_workdir=killed)
-  codes, first, outputs = _finish(preempted_procs)
+  codes, first, outputs = _finish(first_procs)
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-  assert first[0]["preempted"] and first[1]["preempted"], first
-  stop = first[0]["step"]
-  assert first[1]["step"] == stop and 1 <= stop < STEPS
-  assert (resumed / "checkpoints" / str(stop)).is_dir()
-
-  # The preempted pair resumes; meanwhile one process of the uninterrupted
-  # pair, now in its slow run, is killed, and the other must fail rather than
-  # wait forever.
-  resume_procs = _launch(resumed, small_fashion, cache)
-  _wait_for_first_record(killed, straight_procs)
-  straight_procs[1].send_signal(signal.SIGKILL)
-  killed_at = time.monotonic()
-  kill_codes, whole, kill_outputs = _finish(straight_procs)
-  survivor_exit_s = time.monotonic() - killed_at
-  assert kill_codes[0] != 0, kill_outputs[0][-3000:]
-  # Both finished the uninterrupted run before (its summary comes at its end).
-  assert None not in whole, kill_outputs[0][-3000:] + kill_outputs[1][-3000:]
+  assert [len(runs) for runs in first] == [2, 2], outputs[0][-3000:] + outputs[1][-3000:]
+  whole = [runs[0] for runs in first]
+  preempted = [runs[1] for runs in first]
   assert [s["step"] for s in whole] == [STEPS, STEPS]
   assert not whole[0]["preempted"] and not whole[1]["preempted"]
+  assert preempted[0]["preempted"] and preempted[1]["preempted"], preempted
+  stop = preempted[0]["step"]
+  assert preempted[1]["step"] == stop and 1 <= stop < STEPS
+  assert (resumed / "checkpoints" / str(stop)).is_dir()
 
-  codes, second, outputs = _finish(resume_procs)
-  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  # A fresh pair resumes it, then trains slowly in `killed` until one of
+  # its processes is killed: the other must fail rather than wait forever.
+  second_procs = _launch(small_fashion, cache, (resumed, 0.0), (killed, 1.0))
+  _wait_for_first_record(killed, second_procs)
+  second_procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  kill_codes, second, kill_outputs = _finish(second_procs)
+  survivor_exit_s = time.monotonic() - killed_at
+  assert kill_codes[0] != 0, kill_outputs[0][-3000:]
+  # Both finished the resumed run before (its summary comes at its end),
+  # and neither finished the killed one.
+  assert [len(runs) for runs in second] == [1, 1], kill_outputs[0][-3000:] + kill_outputs[1][-3000:]
+  second = [runs[0] for runs in second]
   assert [s["step"] for s in second] == [STEPS, STEPS]
   assert not second[0]["preempted"]
 
   # Every evaluation counted each of the split's examples once.
-  for summary in whole + first + second:
+  for summary in whole + preempted + second:
     assert all(count == NUM_TEST for count in summary["eval_counts"]), summary
   # Resumed = uninterrupted: parameters bit-equal, and the same train logs.
   config = multiprocess_worker.config_for(STEPS, small_fashion)

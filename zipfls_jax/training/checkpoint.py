@@ -16,6 +16,7 @@ not build models or read data.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -59,17 +60,28 @@ def _as_words(x: jax.Array) -> jax.Array:
 @jax.jit
 def _checksum_words(tree) -> jax.Array:
   # Two sums of the state's bits modulo 2**32: a plain one and one weighted
-  # by (2 * position + 1). Both weights are odd, so any single flipped bit
-  # (a change of +-2**k) changes both sums; the weighted one also sees
-  # swapped or shifted values. One pass over the state, on the devices.
-  plain = jnp.zeros((), jnp.uint32)
-  weighted = jnp.zeros((), jnp.uint32)
+  # by (2 * position + 1), each leaf's words times (2 * leaf index + 1).
+  # Both weights are odd, so any single flipped bit (a change of +-2**k)
+  # changes both sums; the weighted one also sees swapped or shifted values.
+  # One pass over the state, on the devices. Leaves of the same word count
+  # (a layer's parameters and their momentum, the BatchNorm vectors of one
+  # width) are summed as one stacked array: the same sums (products and sums
+  # modulo 2**32 can be regrouped freely), in a program with one reduction
+  # per distinct size instead of one per leaf, which XLA compiles in about
+  # half the time.
+  by_size = collections.defaultdict(list)
   for index, leaf in enumerate(jax.tree.leaves(tree)):
     words = _as_words(leaf).ravel()
-    position = jnp.arange(words.size, dtype=jnp.uint32)
-    leaf_weight = jnp.uint32(2 * index + 1)
-    plain += leaf_weight * jnp.sum(words, dtype=jnp.uint32)
-    weighted += leaf_weight * jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)
+    by_size[words.size].append((2 * index + 1, words))
+  plain = jnp.zeros((), jnp.uint32)
+  weighted = jnp.zeros((), jnp.uint32)
+  for size, members in by_size.items():
+    leaf_weights = jnp.asarray(np.array([weight for weight, _ in members], np.uint32))
+    words = jnp.stack([leaf_words for _, leaf_words in members])
+    position_weights = 2 * jnp.arange(size, dtype=jnp.uint32) + 1
+    plain += jnp.sum(leaf_weights * jnp.sum(words, axis=1, dtype=jnp.uint32), dtype=jnp.uint32)
+    weighted += jnp.sum(leaf_weights * jnp.sum(words * position_weights, axis=1, dtype=jnp.uint32),
+                        dtype=jnp.uint32)
   return jnp.stack([plain, weighted])
 
 
