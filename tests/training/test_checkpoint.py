@@ -208,11 +208,11 @@ def test_checksum_matches_its_definition_and_sees_every_single_bit():
                                    jnp.arange(5, dtype=jnp.float32),
                                    jnp.arange(3, dtype=jnp.int32) + 7))
   assert checkpoint_lib.state_checksum(state) == _numpy_checksum(state)
-  # Two leaves of one size swapped (the plain sum of words is the same):
+  # Two leaves of one size swapped (the same words, in other leaves):
   # the leaf weights see it.
-  w, half = state.params["w"], state.opt_state[0]["w"]
-  moved = state.replace(params=dict(state.params, w=half), opt_state=({"w": w},
-                                                                       *state.opt_state[1:]))
+  w, other = state.params["w"], state.opt_state[0]["w"]
+  moved = state.replace(params=dict(state.params, w=other), opt_state=({"w": w},
+                                                                        *state.opt_state[1:]))
   assert checkpoint_lib.state_checksum(moved) == _numpy_checksum(moved)
   assert checkpoint_lib.state_checksum(moved) != checkpoint_lib.state_checksum(state)
   w = np.asarray(state.params["w"])

@@ -67,8 +67,9 @@ def _checksum_words(tree) -> jax.Array:
   # (a layer's parameters and their momentum, the BatchNorm vectors of one
   # width) are summed as one stacked array: the same sums (products and sums
   # modulo 2**32 can be regrouped freely), in a program with one reduction
-  # per distinct size instead of one per leaf, which XLA compiles in about
-  # half the time.
+  # per distinct size instead of one per leaf: XLA compiled a ResNet-50
+  # state's per-leaf program in 90-108 s on a CPU, this one in 2-3 s
+  # (benchmarks/checkpoint_checksum.py).
   by_size = collections.defaultdict(list)
   for index, leaf in enumerate(jax.tree.leaves(tree)):
     words = _as_words(leaf).ravel()
